@@ -1,0 +1,3 @@
+from sandboxload.cli import main
+
+raise SystemExit(main())

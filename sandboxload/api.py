@@ -1,0 +1,20 @@
+"""``sandboxload.load``: the safe loader, usable without patching anything."""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any
+
+from . import loader
+
+
+def load(f: str | os.PathLike[str] | IO[bytes], map_location: Any = None) -> Any:
+    """Load a weight file under the current policy (safetensors, or pickle as the policy says).
+
+    Takes what ``torch.load`` takes for ``f`` and ``map_location``; the caller cannot ask for
+    in-process unpickling here, only the policy (``SANDBOXLOAD_PICKLE=allow``) can.
+    """
+    from .patches.torch import original_load
+
+    return loader.torch_load(original_load(), f, map_location, None, True, None, {},
+                             api="sandboxload.load")

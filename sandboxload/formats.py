@@ -1,0 +1,92 @@
+"""What a weight file is, decided from its bytes (never from its name).
+
+The branch taken mirrors the one ``torch.load`` itself would take (zip magic first, then the
+legacy pickle stream), so a file cannot be classified as one thing here and parsed as another
+there.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from typing import IO, Final
+
+SAFETENSORS: Final = "safetensors"
+TORCH_ZIP: Final = "torch-zip"
+TORCH_LEGACY: Final = "torch-legacy"
+TORCH_TAR: Final = "torch-tar"
+TORCHSCRIPT: Final = "torchscript"
+NUMPY: Final = "numpy"
+PICKLE: Final = "pickle"
+ZIP: Final = "zip"
+UNKNOWN: Final = "unknown"
+
+# Formats whose loading means running a pickle stream (an unknown file fed to torch.load is
+# unpickled as a legacy checkpoint, so it belongs here too).
+PICKLE_BASED: Final = frozenset({TORCH_ZIP, TORCH_LEGACY, TORCH_TAR, TORCHSCRIPT, PICKLE, ZIP,
+                                 UNKNOWN})
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_NUMPY_MAGIC = b"\x93NUMPY"
+# torch's legacy MAGIC_NUMBER 0x1950a86a20f9469cfc6c pickled as LONG1.
+_TORCH_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+# Opcodes that can open a protocol 0/1 pickle (the text protocols have no PROTO header).
+_PICKLE_TEXT_FIRST = frozenset(b"(]})NIFLSVcdlptTUXJKMGBhjgqrae.")
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+HEAD_BYTES: Final = 512
+
+
+def sniff_bytes(head: bytes, size: int) -> str:
+    """Classify from the first :data:`HEAD_BYTES` bytes and the total size (zip members aside)."""
+    if head.startswith(_ZIP_MAGIC):
+        return ZIP
+    if head.startswith(_NUMPY_MAGIC):
+        return NUMPY
+    if len(head) >= 9:
+        (n,) = struct.unpack_from("<Q", head)
+        if 2 <= n <= min(size - 8, _SAFETENSORS_MAX_HEADER) and head[8:9] == b"{":
+            return SAFETENSORS
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return TORCH_TAR
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return TORCH_LEGACY if _TORCH_LEGACY_MAGIC in head[:32] else PICKLE
+    if head[:1] and head[0] in _PICKLE_TEXT_FIRST:
+        return PICKLE
+    return UNKNOWN
+
+
+def classify_zip(names: list[str]) -> str:
+    """torch zip, TorchScript or another zip, from the member names (as torch decides)."""
+    if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names):
+        return TORCHSCRIPT
+    if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return TORCH_ZIP
+    if names and all(n.endswith(".npy") for n in names):
+        return NUMPY
+    return ZIP
+
+
+def sniff(f: IO[bytes]) -> str:
+    """Classify a seekable binary file; its position is restored."""
+    pos = f.tell()
+    try:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(0)
+        head = f.read(HEAD_BYTES)
+        fmt = sniff_bytes(head, size)
+        if fmt == ZIP:
+            f.seek(0)
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    fmt = classify_zip(zf.namelist())
+            except (zipfile.BadZipFile, ValueError, EOFError):
+                fmt = UNKNOWN
+        return fmt
+    finally:
+        f.seek(pos)
+
+
+def sniff_path(path: str) -> str:
+    with open(path, "rb") as f:
+        return sniff(f)

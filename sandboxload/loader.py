@@ -1,0 +1,114 @@
+"""The one place a load is decided: format -> policy -> route -> audit.
+
+Every patch adapts its library's signature and calls into here; nothing else decides whether
+bytes get parsed, and how.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import audit, formats, policy
+from .errors import PickleRefusedError, TorchScriptRefusedError, UnsupportedFormatError
+
+REFUSE_HINT = (
+    "Convert it to safetensors with a tool you trust, or, only for a file you trust, set "
+    "SANDBOXLOAD_PICKLE=allow to load it in-process."
+)
+
+
+@dataclass
+class Source:
+    """An opened weight file: ``file`` is seekable and positioned where the data starts."""
+
+    name: str
+    file: IO[bytes]
+    fd: int | None  # set when sandboxload opened the path itself
+    size: int
+
+
+def _describe(f: Any) -> str:
+    name = getattr(f, "name", None)
+    return name if isinstance(name, str) else f"<{type(f).__name__}>"
+
+
+@contextmanager
+def open_source(f: Any) -> Iterator[Source]:
+    """Open a path, or adopt a file object (made seekable), for sniffing and loading."""
+    if isinstance(f, (str, bytes, os.PathLike)):
+        path = os.fsdecode(os.fspath(f))
+        with open(path, "rb") as fh:
+            yield Source(path, fh, fh.fileno(), os.fstat(fh.fileno()).st_size)
+        return
+    if not hasattr(f, "read"):
+        raise TypeError(
+            f"expected a path (str, bytes, os.PathLike) or a binary file object, "
+            f"got {type(f).__name__}"
+        )
+    fh: IO[bytes] = f
+    if not (hasattr(f, "seekable") and f.seekable()):
+        fh = io.BytesIO(f.read())
+    pos = fh.tell()
+    size = fh.seek(0, os.SEEK_END) - pos
+    fh.seek(pos)
+    yield Source(_describe(f), fh, None, size)
+
+
+def torch_load(
+    original: Callable[..., Any],
+    f: Any,
+    map_location: Any,
+    pickle_module: Any,
+    weights_only: bool | None,
+    mmap: bool | None,
+    pickle_load_args: dict[str, Any],
+    api: str,
+) -> Any:
+    """What the patched ``torch.load`` does, for every caller and every argument."""
+    start = time.perf_counter()
+    pol = policy.current()
+    with open_source(f) as src:
+        fmt = formats.sniff(src.file)
+
+        def log(decision: str, route: str, reason: str) -> None:
+            audit.record(
+                pol.audit_log, api=api, file=src.name, format=fmt, decision=decision,
+                route=route, reason=reason, bytes=src.size,
+                ms=round((time.perf_counter() - start) * 1000, 3),
+            )
+
+        if fmt == formats.SAFETENSORS:
+            from .safetensors_load import load_state_dict
+
+            result = load_state_dict(src.fd, None if src.fd is not None else src.file,
+                                     map_location)
+            log("loaded", "safetensors", "safetensors holds no code")
+            return result
+        if pol.pickle == "allow":
+            # Opt-in migration mode: the caller's own arguments, the original loader.
+            target = src.file if src.fd is None else f
+            result = original(target, map_location, pickle_module, weights_only=weights_only,
+                              mmap=mmap, **pickle_load_args)
+            log("allowed", "in-process-pickle", f"SANDBOXLOAD_PICKLE=allow ({pol.origins.get('pickle')})")
+            return result
+        if fmt == formats.TORCHSCRIPT:
+            log("refused", "none", "TorchScript archive")
+            raise TorchScriptRefusedError(
+                src.name, fmt,
+                "TorchScript archives carry code; load them with torch.jit.load only if you "
+                "trust the file, or export the weights to safetensors.",
+            )
+        if fmt == formats.NUMPY:
+            log("refused", "none", "NumPy file passed to torch.load")
+            raise UnsupportedFormatError(
+                src.name, fmt, "This is a NumPy file, not a torch checkpoint; read it with "
+                "numpy.load(..., allow_pickle=False).",
+            )
+        log("refused", "none", f"SANDBOXLOAD_PICKLE={pol.pickle}")
+        raise PickleRefusedError(src.name, fmt, REFUSE_HINT)

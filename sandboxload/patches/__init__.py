@@ -1,0 +1,1 @@
+"""One module per patched library; each adapts signatures and calls :mod:`sandboxload.loader`."""

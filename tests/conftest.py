@@ -1,0 +1,84 @@
+"""Shared helpers: real interpreters, real checkpoints written by torch.save, real payloads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any sandboxload switch, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SANDBOXLOAD") and k not in ("PYTHONPATH",
+                                                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    env.update(extra)
+    return env
+
+
+def run_py(code: str, *flags: str, env: dict[str, str] | None = None,
+           cwd: str | Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter of this environment."""
+    return subprocess.run([PY, *flags, "-c", code], env=env if env is not None else clean_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+class Payload:
+    """Pickles to a call of ``os.system`` that creates ``canary``: the classic attack."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.canary}",))
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "CANARY"
+    yield path
+    assert not path.exists(), "a payload ran: the canary file exists"
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path) -> dict[str, Path]:
+    """Benign checkpoints in every form torch.save writes, and safetensors."""
+    import safetensors.torch
+    import torch
+
+    sd = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(3)}
+    out = {"zip": tmp_path / "model.pt", "legacy": tmp_path / "legacy.pt",
+           "raw_bin": tmp_path / "pytorch_model.bin", "safetensors": tmp_path / "m.safetensors",
+           "st_named_bin": tmp_path / "st.bin"}
+    torch.save(sd, out["zip"])
+    torch.save(sd, out["legacy"], _use_new_zipfile_serialization=False)
+    out["raw_bin"].write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    safetensors.torch.save_file(sd, str(out["safetensors"]))
+    out["st_named_bin"].write_bytes(out["safetensors"].read_bytes())
+    return out
+
+
+@pytest.fixture
+def malicious(tmp_path: Path, canary: Path) -> dict[str, Path]:
+    """The same payload as a raw pickle, a torch zip and a legacy torch file."""
+    import torch
+
+    obj = {"weight": torch.zeros(2), "evil": Payload(canary)}
+    out = {"raw": tmp_path / "evil.bin", "zip": tmp_path / "evil_zip.pt",
+           "legacy": tmp_path / "evil_legacy.pt"}
+    out["raw"].write_bytes(pickle.dumps(Payload(canary), protocol=2))
+    torch.save(obj, out["zip"])
+    torch.save(obj, out["legacy"], _use_new_zipfile_serialization=False)
+    return out
+
+
+@pytest.fixture
+def py() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_py
