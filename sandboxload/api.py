@@ -16,5 +16,13 @@ def load(f: str | os.PathLike[str] | IO[bytes], map_location: Any = None) -> Any
     """
     from .patches.torch import original_load
 
-    return loader.torch_load(original_load(), f, map_location, None, True, None, {},
-                             api="sandboxload.load")
+    return loader.torch_load(
+        original_load(),
+        f,
+        map_location=map_location,
+        pickle_module=None,
+        weights_only=True,
+        mmap=None,
+        pickle_load_args={},
+        api="sandboxload.load",
+    )

@@ -52,8 +52,10 @@ def activate_from_env() -> None:
     try:
         activate(export_env=False)
     except Exception as exc:  # fail closed: the user asked for protection
-        sys.stderr.write(f"sandboxload: activation failed ({exc!r}); refusing to run "
-                         f"unprotected. Unset {ACTIVATE_ENV} to run without sandboxload.\n")
+        sys.stderr.write(
+            f"sandboxload: activation failed ({exc!r}); refusing to run "
+            f"unprotected. Unset {ACTIVATE_ENV} to run without sandboxload.\n"
+        )
         raise SystemExit(70) from exc
 
 

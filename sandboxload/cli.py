@@ -40,14 +40,22 @@ def _parser() -> argparse.ArgumentParser:
         "that has one of these names)",
     )
     p.add_argument("--version", action="version", version=f"sandboxload {__version__}")
-    p.add_argument("--site-dir", action="store_true",
-                   help="print the directory to put on PYTHONPATH to activate sandboxload")
+    p.add_argument(
+        "--site-dir",
+        action="store_true",
+        help="print the directory to put on PYTHONPATH to activate sandboxload",
+    )
     p.add_argument("--policy", metavar="FILE", help="policy TOML file (SANDBOXLOAD_POLICY)")
-    p.add_argument("--pickle", choices=("refuse", "allow"),
-                   help="what to do with pickle checkpoints (SANDBOXLOAD_PICKLE)")
-    p.add_argument("--audit-log", metavar="PATH",
-                   help="append one JSON line per load decision; '-' is stderr "
-                   "(SANDBOXLOAD_AUDIT_LOG)")
+    p.add_argument(
+        "--pickle",
+        choices=("refuse", "allow"),
+        help="what to do with pickle checkpoints (SANDBOXLOAD_PICKLE)",
+    )
+    p.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append one JSON line per load decision; '-' is stderr (SANDBOXLOAD_AUDIT_LOG)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="COMMAND [ARGS...]")
     return p
 
@@ -76,8 +84,10 @@ def _run(command: list[str]) -> int:
         return result if isinstance(result, int) or result is None else _error(str(result), 1)
     path = name if os.sep in name else shutil.which(name)
     if path is None or not os.path.exists(path):
-        return _error(f"{name}: command not found (not a console script of this environment "
-                      "and not on PATH)", 127)
+        return _error(
+            f"{name}: command not found (not a console script of this environment and not on PATH)",
+            127,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -109,8 +119,11 @@ def main(argv: list[str] | None = None) -> int | None:
     if not command:
         return _error("no COMMAND given (see --help)", 2)
     if command[0] in NOT_YET:
-        return _error(f"'{command[0]}' is reserved for a subcommand that this version does "
-                      "not have yet; use 'run -- COMMAND' to run a program of that name", 2)
+        return _error(
+            f"'{command[0]}' is reserved for a subcommand that this version does "
+            "not have yet; use 'run -- COMMAND' to run a program of that name",
+            2,
+        )
     if command[0] == "run":
         command = command[1:]
         if command and command[0] == "--":

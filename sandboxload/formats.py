@@ -23,8 +23,9 @@ UNKNOWN: Final = "unknown"
 
 # Formats whose loading means running a pickle stream (an unknown file fed to torch.load is
 # unpickled as a legacy checkpoint, so it belongs here too).
-PICKLE_BASED: Final = frozenset({TORCH_ZIP, TORCH_LEGACY, TORCH_TAR, TORCHSCRIPT, PICKLE, ZIP,
-                                 UNKNOWN})
+PICKLE_BASED: Final = frozenset(
+    {TORCH_ZIP, TORCH_LEGACY, TORCH_TAR, TORCHSCRIPT, PICKLE, ZIP, UNKNOWN}
+)
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _NUMPY_MAGIC = b"\x93NUMPY"

@@ -63,6 +63,7 @@ def open_source(f: Any) -> Iterator[Source]:
 def torch_load(
     original: Callable[..., Any],
     f: Any,
+    *,
     map_location: Any,
     pickle_module: Any,
     weights_only: bool | None,
@@ -78,36 +79,54 @@ def torch_load(
 
         def log(decision: str, route: str, reason: str) -> None:
             audit.record(
-                pol.audit_log, api=api, file=src.name, format=fmt, decision=decision,
-                route=route, reason=reason, bytes=src.size,
+                pol.audit_log,
+                api=api,
+                file=src.name,
+                format=fmt,
+                decision=decision,
+                route=route,
+                reason=reason,
+                bytes=src.size,
                 ms=round((time.perf_counter() - start) * 1000, 3),
             )
 
         if fmt == formats.SAFETENSORS:
             from .safetensors_load import load_state_dict
 
-            result = load_state_dict(src.fd, None if src.fd is not None else src.file,
-                                     map_location)
+            result = load_state_dict(src.fd, None if src.fd is not None else src.file, map_location)
             log("loaded", "safetensors", "safetensors holds no code")
             return result
         if pol.pickle == "allow":
             # Opt-in migration mode: the caller's own arguments, the original loader.
             target = src.file if src.fd is None else f
-            result = original(target, map_location, pickle_module, weights_only=weights_only,
-                              mmap=mmap, **pickle_load_args)
-            log("allowed", "in-process-pickle", f"SANDBOXLOAD_PICKLE=allow ({pol.origins.get('pickle')})")
+            result = original(
+                target,
+                map_location,
+                pickle_module,
+                weights_only=weights_only,
+                mmap=mmap,
+                **pickle_load_args,
+            )
+            log(
+                "allowed",
+                "in-process-pickle",
+                f"SANDBOXLOAD_PICKLE=allow ({pol.origins.get('pickle')})",
+            )
             return result
         if fmt == formats.TORCHSCRIPT:
             log("refused", "none", "TorchScript archive")
             raise TorchScriptRefusedError(
-                src.name, fmt,
+                src.name,
+                fmt,
                 "TorchScript archives carry code; load them with torch.jit.load only if you "
                 "trust the file, or export the weights to safetensors.",
             )
         if fmt == formats.NUMPY:
             log("refused", "none", "NumPy file passed to torch.load")
             raise UnsupportedFormatError(
-                src.name, fmt, "This is a NumPy file, not a torch checkpoint; read it with "
+                src.name,
+                fmt,
+                "This is a NumPy file, not a torch checkpoint; read it with "
                 "numpy.load(..., allow_pickle=False).",
             )
         log("refused", "none", f"SANDBOXLOAD_PICKLE={pol.pickle}")

@@ -21,6 +21,7 @@ __all__ = ["ENV_NAMES", "PICKLE_MODES", "POLICY_ENV", "Policy", "current", "is_t
 POLICY_ENV = "SANDBOXLOAD_POLICY"
 PICKLE_MODES = ("refuse", "allow")
 
+
 @dataclass(frozen=True)
 class Policy:
     """The effective settings for one load decision."""

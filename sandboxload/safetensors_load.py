@@ -6,7 +6,6 @@ sniffed, so what is parsed is the same inode that was classified.
 
 from __future__ import annotations
 
-import os
 from typing import IO, Any
 
 from .maplocation import relocate

@@ -16,18 +16,32 @@ PY = sys.executable
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any sandboxload switch, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SANDBOXLOAD") and k not in ("PYTHONPATH",
-                                                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SANDBOXLOAD")
+        and k not in ("PYTHONPATH", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
     env.update(extra)
     return env
 
 
-def run_py(code: str, *flags: str, env: dict[str, str] | None = None,
-           cwd: str | Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_py(
+    code: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter of this environment."""
-    return subprocess.run([PY, *flags, "-c", code], env=env if env is not None else clean_env(),
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [PY, *flags, "-c", code],
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 class Payload:
@@ -54,9 +68,13 @@ def checkpoints(tmp_path: Path) -> dict[str, Path]:
     import torch
 
     sd = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(3)}
-    out = {"zip": tmp_path / "model.pt", "legacy": tmp_path / "legacy.pt",
-           "raw_bin": tmp_path / "pytorch_model.bin", "safetensors": tmp_path / "m.safetensors",
-           "st_named_bin": tmp_path / "st.bin"}
+    out = {
+        "zip": tmp_path / "model.pt",
+        "legacy": tmp_path / "legacy.pt",
+        "raw_bin": tmp_path / "pytorch_model.bin",
+        "safetensors": tmp_path / "m.safetensors",
+        "st_named_bin": tmp_path / "st.bin",
+    }
     torch.save(sd, out["zip"])
     torch.save(sd, out["legacy"], _use_new_zipfile_serialization=False)
     out["raw_bin"].write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
@@ -71,8 +89,11 @@ def malicious(tmp_path: Path, canary: Path) -> dict[str, Path]:
     import torch
 
     obj = {"weight": torch.zeros(2), "evil": Payload(canary)}
-    out = {"raw": tmp_path / "evil.bin", "zip": tmp_path / "evil_zip.pt",
-           "legacy": tmp_path / "evil_legacy.pt"}
+    out = {
+        "raw": tmp_path / "evil.bin",
+        "zip": tmp_path / "evil_zip.pt",
+        "legacy": tmp_path / "evil_legacy.pt",
+    }
     out["raw"].write_bytes(pickle.dumps(Payload(canary), protocol=2))
     torch.save(obj, out["zip"])
     torch.save(obj, out["legacy"], _use_new_zipfile_serialization=False)

@@ -53,8 +53,9 @@ def test_benign_pickles_are_refused_whatever_the_caller_asks(
 
 
 @pytest.mark.parametrize("kind", ["raw", "zip", "legacy"])
-def test_payloads_never_run(malicious: dict[str, Path], kind: str, canary: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_payloads_never_run(
+    malicious: dict[str, Path], kind: str, canary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     for load in routes():
         for kwargs in CALLER_ESCAPES:
@@ -69,8 +70,10 @@ def test_payloads_never_run(malicious: dict[str, Path], kind: str, canary: Path,
 
 def test_the_payload_fixture_is_live(malicious: dict[str, Path], canary: Path) -> None:
     """Without sandboxload the same files do run code: the refusal tests can fail."""
-    code = (f"import torch; torch.load({str(malicious['zip'])!r}, weights_only=False); "
-            f"import os; print(os.path.exists({str(canary)!r}))")
+    code = (
+        f"import torch; torch.load({str(malicious['zip'])!r}, weights_only=False); "
+        f"import os; print(os.path.exists({str(canary)!r}))"
+    )
     proc = run_py(code, env=clean_env())
     assert proc.stdout.strip() == "True", proc.stderr
     canary.unlink()
@@ -109,7 +112,7 @@ def test_numpy_file_gets_a_typed_error(tmp_path: Path) -> None:
     np = pytest.importorskip("numpy")
     path = tmp_path / "a.npy"
     np.save(path, np.arange(3))
-    with pytest.raises(UnsupportedFormatError, match="numpy.load"):
+    with pytest.raises(UnsupportedFormatError, match=r"numpy\.load"):
         torch.load(path)
 
 

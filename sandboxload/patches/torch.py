@@ -45,8 +45,16 @@ def patch(torch: ModuleType) -> None:
         mmap: bool | None = None,
         **pickle_load_args: Any,
     ) -> Any:
-        return loader.torch_load(original, f, map_location, pickle_module, weights_only, mmap,
-                                 pickle_load_args, api="torch.load")
+        return loader.torch_load(
+            original,
+            f,
+            map_location=map_location,
+            pickle_module=pickle_module,
+            weights_only=weights_only,
+            mmap=mmap,
+            pickle_load_args=pickle_load_args,
+            api="torch.load",
+        )
 
     # wraps() exposes the original through __wrapped__; a stated signature does not.
     del load.__wrapped__

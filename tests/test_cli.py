@@ -1,0 +1,124 @@
+"""The wrapper: python -m sandboxload [OPTIONS] COMMAND [ARGS...]."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import PY, clean_env
+
+
+def wrapper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "sandboxload", *args],
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def fake_console_script(tmp_path: Path, malicious: dict[str, Path]) -> dict[str, str]:
+    """A console script ``fakecmd`` of a tiny installed distribution, visible via PYTHONPATH."""
+    site = tmp_path / "fakesite"
+    dist = site / "fakecmd-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakecmd\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[console_scripts]\nfakecmd = fakemod:main\n")
+    (site / "fakemod.py").write_text(
+        "import json, os, subprocess, sys\n"
+        "def main():\n"
+        "    import torch, sandboxload\n"
+        "    try:\n"
+        f"        torch.load({str(malicious['zip'])!r}, weights_only=False)\n"
+        "        here = 'loaded'\n"
+        "    except sandboxload.PickleRefusedError:\n        here = 'refused'\n"
+        "    child = subprocess.run([sys.executable, '-c', 'import torch; torch.load('\n"
+        f"        + repr({str(malicious['legacy'])!r}) + ', weights_only=False)'],\n"
+        "        capture_output=True, text=True)\n"
+        "    print(json.dumps({'argv': sys.argv[1:], 'here': here,\n"
+        "        'in_process': 'sandboxload.cli' in sys.modules,\n"
+        "        'child_refused': 'PickleRefusedError' in child.stderr}))\n"
+        "    return 3\n"
+    )
+    return clean_env(PYTHONPATH=str(site))
+
+
+def test_console_script_runs_in_process_and_children_are_covered(
+    fake_console_script: dict[str, str], canary: Path
+) -> None:
+    proc = wrapper("fakecmd", "a", "--b", env=fake_console_script)
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {
+        "argv": ["a", "--b"],
+        "here": "refused",
+        "in_process": True,
+        "child_refused": True,
+    }
+    assert not canary.exists()
+
+
+def test_other_commands_are_execd_with_the_env(checkpoints: dict[str, Path]) -> None:
+    code = (
+        "import os, sys, torch, sandboxload\n"
+        f"try:\n    torch.load({str(checkpoints['zip'])!r})\n"
+        "except sandboxload.PickleRefusedError:\n    print('refused')\n"
+        "print('sandboxload.cli' in sys.modules, os.environ['SANDBOXLOAD'])\n"
+        "sys.exit(7)\n"
+    )
+    proc = wrapper(PY, "-c", code)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.split() == ["refused", "False", "1"]
+    proc = wrapper("run", "--", PY, "-c", "import sys; sys.exit(5)")
+    assert proc.returncode == 5
+
+
+def test_options_become_env_for_the_command(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    code = "import os; print(os.environ['SANDBOXLOAD_PICKLE'], os.environ['SANDBOXLOAD_AUDIT_LOG'])"
+    env = clean_env(SANDBOXLOAD_PICKLE="refuse")  # the CLI option wins over the env
+    proc = wrapper("--pickle", "allow", "--audit-log", str(log), PY, "-c", code, env=env)
+    assert proc.stdout.split() == ["allow", str(log)], proc.stderr
+
+
+def test_unknown_command_is_127() -> None:
+    proc = wrapper("no-such-command-xyz", "arg")
+    assert proc.returncode == 127
+    assert "no-such-command-xyz: command not found" in proc.stderr
+
+
+def test_bad_policy_is_rejected_before_running(tmp_path: Path) -> None:
+    proc = wrapper(PY, "-c", "print('ran')", env=clean_env(SANDBOXLOAD_PICKLE="maybe"))
+    assert proc.returncode == 2 and "ran" not in proc.stdout
+    assert "SANDBOXLOAD_PICKLE" in proc.stderr and "refuse, allow" in proc.stderr
+
+
+def test_version_help_and_reserved_words() -> None:
+    assert wrapper("--version").stdout.startswith("sandboxload 0.")
+    helptext = wrapper("--help").stdout
+    for word in ("--pickle", "--audit-log", "--policy", "--site-dir", "run -- COMMAND"):
+        assert word in helptext
+    proc = wrapper("scan", "x")
+    assert proc.returncode == 2 and "reserved" in proc.stderr
+    assert wrapper().returncode == 2
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "sandboxload"
+    assert exe.exists()
+    proc = subprocess.run(
+        [str(exe), PY, "-c", "import os; print(os.environ['SANDBOXLOAD'])"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "1", proc.stderr
+    assert os.access(exe, os.X_OK)
