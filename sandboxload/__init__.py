@@ -4,8 +4,6 @@ Public names are resolved lazily: ``import sandboxload`` (which the start-up hoo
 every interpreter when ``SANDBOXLOAD=1``) costs almost nothing and never imports torch.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing is not imported: this module is on the start-up path
 
 __version__ = "0.1.0"
@@ -47,7 +45,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sandboxload' has no attribute {name!r}")

@@ -1,17 +1,32 @@
-"""Activation: the run-once switch that the ``.pth`` file, ``sitecustomize`` and the CLI call.
+"""Activation, and the post-import hooks it installs: everything on the start-up path.
 
-Kept free of heavy imports: with ``SANDBOXLOAD=1`` this module runs in every interpreter of
-the environment, so it only registers post-import hooks; the patches (and the policy, torch,
-...) are imported when their target library is.
+The ``.pth`` file, ``site/sitecustomize.py``, the CLI and :func:`sandboxload.activate` all
+call :func:`activate`, which is idempotent (a site dir can be processed twice).
+
+This is the only module (with the package ``__init__``) that ``SANDBOXLOAD=1`` loads into
+every interpreter of the environment, so it imports nothing beyond ``os`` and ``sys``: each
+extra module measured about 0.1 ms of a 9 ms ``python -c pass``, which is why the post-import
+finder lives here rather than in a module of its own.
+
+Post-import hooks: one finder sits first on ``sys.meta_path``. For every import it does a
+single dict lookup; only for a watched name does it ask the other finders for the spec and
+wrap the loader so the hook runs right after ``exec_module``. A module that is already
+imported is hooked at once. Hooks are named ``"package.module:function"`` and imported only
+when they fire, so torch, the policy and the patches load only with their target library.
 """
-
-from __future__ import annotations
 
 import os
 import sys
 
-from . import importhook
-from ._env import ACTIVATE_ENV, is_true
+TYPE_CHECKING = False  # not imported from typing: see above
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
+
+ACTIVATE_ENV = "SANDBOXLOAD"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 # Library module -> the patch applied right after it is imported.
 PATCHES = {
@@ -19,6 +34,11 @@ PATCHES = {
 }
 
 _active = False
+
+
+def is_true(value: str | None) -> bool:
+    """The one boolean vocabulary of every env switch: ``1/true/yes/on``, any case."""
+    return value is not None and value.strip().lower() in TRUE_WORDS
 
 
 def is_active() -> bool:
@@ -37,7 +57,7 @@ def activate(*, export_env: bool = True) -> None:
     if export_env and not is_true(os.environ.get(ACTIVATE_ENV)):
         os.environ[ACTIVATE_ENV] = "1"
     for name, target in PATCHES.items():
-        importhook.register(name, target)
+        register(name, target)
     _active = True
 
 
@@ -72,3 +92,75 @@ def run_sitecustomize(own_dir: str) -> None:
         shadowed = module_from_spec(spec)
         spec.loader.exec_module(shadowed)
     activate(export_env=False)
+
+
+# --- post-import hooks ---
+
+_hooks: dict[str, list[str]] = {}
+
+
+def _call(target: str, module: "ModuleType") -> None:
+    mod_name, _, func = target.partition(":")
+    __import__(mod_name)
+    getattr(sys.modules[mod_name], func)(module)
+
+
+class _HookedLoader:
+    """Stands in for the real loader during one import, then gets out of the way."""
+
+    def __init__(self, loader: "Any", name: str) -> None:
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec: "ModuleSpec") -> "ModuleType | None":
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: "ModuleType") -> None:
+        # Put the real loader back first, so the module body and later reloads see only it.
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        for target in _hooks.get(self._name, ()):
+            _call(target, module)
+
+    def __getattr__(self, attr: str) -> "Any":
+        return getattr(self._loader, attr)
+
+
+class _PostImportFinder:
+    """The meta-path finder that notices watched imports."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: "Sequence[str] | None",
+        target: "ModuleType | None" = None,
+    ) -> "ModuleSpec | None":
+        if fullname not in _hooks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _HookedLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+_finder = _PostImportFinder()
+
+
+def register(name: str, target: str) -> None:
+    """Call ``target`` (``"pkg.mod:func"``) with module ``name`` once it is imported, or now."""
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+    targets = _hooks.setdefault(name, [])
+    if target in targets:
+        return
+    targets.append(target)
+    module = sys.modules.get(name)
+    if module is not None:
+        _call(target, module)

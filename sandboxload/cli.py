@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 
 from . import __version__
-from ._env import ACTIVATE_ENV
+from .bootstrap import ACTIVATE_ENV
 from .errors import PolicyError
 
 RESERVED = ("run", "scan", "convert", "pin", "verify", "doctor")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ._env import is_true
+from .bootstrap import is_true
 from .errors import PolicyError
 
 __all__ = ["ENV_NAMES", "PICKLE_MODES", "POLICY_ENV", "Policy", "current", "is_true", "resolve"]
