@@ -51,6 +51,10 @@ def compare(code: str, runs: int, target: float) -> dict[str, object]:
 
 
 def main() -> int:
+    # With PYTHONDONTWRITEBYTECODE an editable install would recompile the hook on every start.
+    import compileall
+
+    compileall.compile_dir(os.path.join(os.path.dirname(__file__), "..", "sandboxload"), quiet=1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--torch-runs", type=int, default=15)

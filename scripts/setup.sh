@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install sandboxload with everything its tests and demo need.
+# The constraints file pins the CPU build of torch; without it pip would fetch a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+# Editable installs leave byte-compilation to first use; with PYTHONDONTWRITEBYTECODE set
+# that never happens, and every interpreter start would recompile the start-up hook.
+.venv/bin/python -m compileall -q sandboxload
