@@ -4,36 +4,61 @@ Each class also derives from the built-in exception a caller would already catch
 same situation, so existing ``except`` clauses keep working::
 
     SandboxLoadError (Exception)
-    ├── PolicyError (ValueError)              a setting has a value sandboxload does not accept
-    ├── PickleRefusedError (pickle.UnpicklingError)
-    │   └── TorchScriptRefusedError           TorchScript archives carry code: never loaded
-    └── UnsupportedFormatError (ValueError)   the bytes are not a format this loader reads
+    ├── PolicyError (ValueError)                  a setting has a value that is not accepted
+    ├── PickleRefusedError (pickle.UnpicklingError)   the policy refuses pickle checkpoints
+    │   ├── TorchScriptRefusedError               TorchScript archives carry code
+    │   └── UnsafeGlobalError                     the pickle names something that is not data
+    ├── CorruptCheckpointError (pickle.UnpicklingError)  malformed, truncated or lying file
+    ├── UnsupportedFormatError (ValueError)       not a format (or feature) this loader reads
+    ├── SandboxUnavailableError (OSError)         seccomp cannot be used here: fail closed
+    ├── SandboxCrashedError (RuntimeError)        the child died or answered nonsense
+    ├── SandboxTimeoutError (TimeoutError)        the child overran SANDBOXLOAD_TIMEOUT
+    ├── SandboxViolationError (PermissionError)   the child tried a forbidden system call
+    └── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
 
-Every message names the file (or setting), what was refused and how to proceed.
+Every message names the file (or setting), what happened, and how to proceed. Errors pickle
+(for ``multiprocessing``) with their message and attributes.
 """
 
 from __future__ import annotations
 
 import pickle
+from typing import Any
+
+
+def _rebuild(cls: type[SandboxLoadError], message: str, state: dict[str, Any]) -> Any:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
 
 
 class SandboxLoadError(Exception):
     """Base class of every sandboxload error."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
 
 
 class PolicyError(SandboxLoadError, ValueError):
     """A setting (env variable, policy file, CLI option) has a value that is not accepted."""
 
 
-class PickleRefusedError(SandboxLoadError, pickle.UnpicklingError):
-    """A pickle-based checkpoint was refused by the policy."""
+class _FileError(SandboxLoadError):
+    def __init__(self, file: str, message: str) -> None:
+        self.file = file
+        super().__init__(message)
+
+
+class PickleRefusedError(_FileError, pickle.UnpicklingError):
+    """A pickle-based checkpoint was refused."""
 
     def __init__(self, file: str, fmt: str, how_to: str) -> None:
-        self.file = file
         self.format = fmt
         super().__init__(
-            f"sandboxload refused to unpickle {file!r} (format: {fmt}): pickle checkpoints can "
-            f"run arbitrary code when loaded. {how_to}"
+            file,
+            f"sandboxload refused to unpickle {file!r} (format: {fmt}): pickle checkpoints "
+            f"can run arbitrary code when loaded. {how_to}",
         )
 
 
@@ -41,10 +66,87 @@ class TorchScriptRefusedError(PickleRefusedError):
     """A TorchScript archive was passed to a weight loader; it carries code and is refused."""
 
 
-class UnsupportedFormatError(SandboxLoadError, ValueError):
-    """The file is not in a format this loader reads."""
+class UnsafeGlobalError(PickleRefusedError):
+    """The pickle names a global outside the allowlist (a function, a class that is not data)."""
+
+    def __init__(self, file: str, module: str, name: str) -> None:
+        self.global_name = f"{module}.{name}"
+        super().__init__(
+            file, "torch checkpoint",
+            f"It names the global {self.global_name!r}, which is not on the allowlist of "
+            "plain data types, so nothing was loaded. If the file comes from a source you "
+            "trust and that global is a plain data class, allow it with "
+            f"SANDBOXLOAD_ALLOW_GLOBALS={self.global_name}; otherwise get the weights as "
+            "safetensors.",
+        )
+
+
+class CorruptCheckpointError(_FileError, pickle.UnpicklingError):
+    """The file is malformed, truncated, or its parts contradict each other."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(
+            file, f"sandboxload could not load {file!r}: the checkpoint is malformed "
+            f"({detail}). Re-download or re-export the file.",
+        )
+
+
+class UnsupportedFormatError(_FileError, ValueError):
+    """The file is not in a format (or uses a feature) this loader reads."""
 
     def __init__(self, file: str, fmt: str, how_to: str) -> None:
-        self.file = file
         self.format = fmt
-        super().__init__(f"sandboxload cannot load {file!r} (format: {fmt}). {how_to}")
+        super().__init__(file, f"sandboxload cannot load {file!r} (format: {fmt}). {how_to}")
+
+
+class SandboxUnavailableError(_FileError, OSError):
+    """The sandbox cannot be confined here; the load fails closed."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(
+            file, f"sandboxload will not parse {file!r}: {detail}. Install libseccomp "
+            "(Debian: libseccomp2) and pyseccomp, or, knowing the child then runs without a "
+            "syscall filter, set SANDBOXLOAD_SECCOMP=off; SANDBOXLOAD_PICKLE=refuse refuses "
+            "pickle files instead.",
+        )
+
+
+class SandboxCrashedError(_FileError, RuntimeError):
+    """The sandbox child died, or answered something that is not a valid description."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(
+            file, f"the sandbox parsing {file!r} failed: {detail}. The file is probably "
+            "malformed or hostile; nothing from it was loaded.",
+        )
+
+
+class SandboxTimeoutError(_FileError, TimeoutError):
+    """The sandbox child overran the wall-clock limit and was killed."""
+
+    def __init__(self, file: str, seconds: float) -> None:
+        super().__init__(
+            file, f"the sandbox parsing {file!r} did not finish within {seconds:g}s and was "
+            "killed; raise SANDBOXLOAD_TIMEOUT if the file is just very large.",
+        )
+
+
+class SandboxViolationError(_FileError, PermissionError):
+    """The sandbox child attempted a system call outside the allowlist and was killed."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(
+            file, f"the sandbox parsing {file!r} was stopped: {detail}. Treat the file as "
+            "hostile; nothing from it was loaded.",
+        )
+
+
+class SandboxMemoryError(_FileError, MemoryError):
+    """The sandbox child ran out of its address-space limit."""
+
+    def __init__(self, file: str, limit_bytes: int) -> None:
+        super().__init__(
+            file, f"the sandbox parsing {file!r} ran out of its memory limit "
+            f"({limit_bytes >> 20} MiB); raise SANDBOXLOAD_MEMORY_MB if the file is "
+            "legitimately that large.",
+        )

@@ -15,12 +15,26 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import audit, formats, policy
-from .errors import PickleRefusedError, TorchScriptRefusedError, UnsupportedFormatError
+from .errors import (
+    CorruptCheckpointError,
+    PickleRefusedError,
+    TorchScriptRefusedError,
+    UnsupportedFormatError,
+)
 
 REFUSE_HINT = (
-    "Convert it to safetensors with a tool you trust, or, only for a file you trust, set "
-    "SANDBOXLOAD_PICKLE=allow to load it in-process."
+    "Convert it to safetensors, or set SANDBOXLOAD_PICKLE=sandbox to parse it in the "
+    "confined child process (the default)."
 )
+# What the sandbox parses: every pickle-based torch form (a raw pickle or unknown bytes is
+# treated as a legacy stream, as torch.load would, and fails its magic-number check safely).
+SANDBOX_FORMATS = {
+    formats.TORCH_ZIP: "torch-zip",
+    formats.TORCH_LEGACY: "torch-legacy",
+    formats.PICKLE: "torch-legacy",
+    formats.UNKNOWN: "torch-legacy",
+    formats.TORCH_TAR: "torch-tar",
+}
 
 
 @dataclass
@@ -129,5 +143,28 @@ def torch_load(
                 "This is a NumPy file, not a torch checkpoint; read it with "
                 "numpy.load(..., allow_pickle=False).",
             )
-        log("refused", "none", f"SANDBOXLOAD_PICKLE={pol.pickle}")
-        raise PickleRefusedError(src.name, fmt, REFUSE_HINT)
+        if pol.pickle == "refuse":
+            log("refused", "none", "SANDBOXLOAD_PICKLE=refuse")
+            raise PickleRefusedError(src.name, fmt, REFUSE_HINT)
+        if fmt not in SANDBOX_FORMATS:
+            log("refused", "none", "not a torch checkpoint")
+            raise CorruptCheckpointError(src.name, f"a {fmt} file that is not a torch checkpoint")
+        try:
+            result = _sandboxed(src, fmt, pol, map_location)
+        except Exception as exc:
+            log("refused", "sandbox", f"{type(exc).__name__}: {exc}")
+            raise
+        log("loaded", "sandbox", "parsed in the confined child")
+        return result
+
+
+def _sandboxed(src: Source, fmt: str, pol: policy.Policy, map_location: Any) -> Any:
+    from .sandbox import session
+
+    if src.fd is not None:
+        return session.load(src.fd, src.size, SANDBOX_FORMATS[fmt], src.name, pol, map_location)
+    fd = session.memfd_from_bytes(src.file.read())
+    try:
+        return session.load(fd, src.size, SANDBOX_FORMATS[fmt], src.name, pol, map_location)
+    finally:
+        os.close(fd)

@@ -19,15 +19,20 @@ from .errors import PolicyError
 __all__ = ["ENV_NAMES", "PICKLE_MODES", "POLICY_ENV", "Policy", "current", "is_true", "resolve"]
 
 POLICY_ENV = "SANDBOXLOAD_POLICY"
-PICKLE_MODES = ("refuse", "allow")
+PICKLE_MODES = ("sandbox", "refuse", "allow")
 
 
 @dataclass(frozen=True)
 class Policy:
     """The effective settings for one load decision."""
 
-    pickle: str = "refuse"
+    pickle: str = "sandbox"
     audit_log: str | None = None
+    seccomp: bool = True
+    allow_globals: tuple[str, ...] = ()
+    timeout: float = 300.0
+    memory_mb: int | None = None  # None: 1 GiB plus twice the checkpoint's size
+    cpu_seconds: int = 300
     # Where each non-default value came from ("env SANDBOXLOAD_PICKLE", "file /etc/x.toml").
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -51,6 +56,43 @@ def _audit_target(value: Any, origin: str) -> str | None:
     return value or None
 
 
+def _switch(value: Any, origin: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise PolicyError(f"{origin} = {value!r} is not accepted; use on or off (1/0, true/false)")
+
+
+def _globals(value: Any, origin: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise PolicyError(f"{origin} must be a comma-separated list of module.Name globals")
+    names = tuple(x.strip() for x in items if x.strip())
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
+            raise PolicyError(f"{origin}: {name!r} is not a dotted global name "
+                              "(module.Name)")
+    return names
+
+
+def _number(kind: type, low: float) -> Callable[[Any, str], Any]:
+    def parse(value: Any, origin: str) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool) or number < low:
+            raise PolicyError(f"{origin} = {value!r} must be a {kind.__name__} >= {low:g}")
+        return number
+
+    return parse
+
+
 @dataclass(frozen=True)
 class _Setting:
     name: str
@@ -61,6 +103,11 @@ class _Setting:
 SETTINGS = (
     _Setting("pickle", "SANDBOXLOAD_PICKLE", _choice(PICKLE_MODES)),
     _Setting("audit_log", "SANDBOXLOAD_AUDIT_LOG", _audit_target),
+    _Setting("seccomp", "SANDBOXLOAD_SECCOMP", _switch),
+    _Setting("allow_globals", "SANDBOXLOAD_ALLOW_GLOBALS", _globals),
+    _Setting("timeout", "SANDBOXLOAD_TIMEOUT", _number(float, 0.001)),
+    _Setting("memory_mb", "SANDBOXLOAD_MEMORY_MB", _number(int, 32)),
+    _Setting("cpu_seconds", "SANDBOXLOAD_CPU_SECONDS", _number(int, 1)),
 )
 ENV_NAMES = (POLICY_ENV, *(s.env for s in SETTINGS))
 

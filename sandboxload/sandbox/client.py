@@ -1,0 +1,224 @@
+"""The parent side of a sandboxed parse: spawn, hand over descriptors, bound everything.
+
+One fresh child per file, spawned (never forked from the app: torch and tokenizers run
+threads). It gets an empty environment, ``/`` as working directory, its own session (so the
+whole group can be killed), and exactly two inherited descriptors: its own read-only open of
+the checkpoint and a memfd that the parent sized and sealed against growing. The parent
+reads a bounded amount of stdout (the JSON description) and stderr, under a wall-clock
+deadline, and always reaps the child.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ..errors import (
+    CorruptCheckpointError,
+    SandboxCrashedError,
+    SandboxMemoryError,
+    SandboxTimeoutError,
+    SandboxUnavailableError,
+    SandboxViolationError,
+    UnsafeGlobalError,
+    UnsupportedFormatError,
+)
+
+SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
+BOOT = f"import sys; sys.path.insert(0, {SANDBOX_DIR!r}); import worker; worker.main()"
+STDERR_CAP = 64 * 1024
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float
+    memory_bytes: int
+    cpu_seconds: int
+    seccomp: bool
+    extra_globals: tuple[str, ...] = ()
+
+
+@dataclass
+class Parsed:
+    """A validated-to-be JSON description, and the memfd the child filled (caller closes)."""
+
+    description: dict[str, Any]
+    memfd: int
+    memfd_capacity: int
+
+
+@lru_cache(maxsize=1)
+def _filter_program() -> bytes:
+    from .confine import build_filter
+
+    return build_filter()
+
+
+def filter_program(name: str) -> bytes:
+    try:
+        return _filter_program()
+    except Exception as exc:  # ImportError, OSError from libseccomp: fail closed
+        raise SandboxUnavailableError(
+            name, f"the seccomp filter cannot be built here ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _memfd(capacity: int) -> int:
+    fd = os.memfd_create("sandboxload-out", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, capacity)
+        # The child may fill it but never grow it: what it produces is bounded by us.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def memfd_capacity(size: int) -> int:
+    # Legacy formats copy each storage once, 64-byte aligned: twice the file is ample.
+    return 2 * size + MIB
+
+
+def run(fd: int, size: int, fmt: str, name: str, limits: Limits,
+        probe: str | None = None) -> Parsed:
+    """Parse the checkpoint open on ``fd`` in a confined child; raise a typed error if it fails."""
+    program = filter_program(name) if limits.seccomp else b""
+    capacity = memfd_capacity(size)
+    memfd = _memfd(capacity)
+    try:
+        # The child's own open file description: its reads cannot move anyone's offset.
+        child_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            config = {
+                "ckpt_fd": child_fd, "memfd": memfd, "format": fmt, "size": size,
+                "memfd_capacity": capacity, "pickle_cap": max(64 * MIB, 4 * size),
+                "memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
+                "extra_globals": list(limits.extra_globals), "seccomp": limits.seccomp,
+                "probe": probe,
+            }
+            out, err, status = _spawn(json.dumps(config), program, child_fd, memfd,
+                                      limits.timeout, 64 * MIB + 2 * size, name)
+        finally:
+            os.close(child_fd)
+        description = _answer(out, err, status, name, limits)
+        return Parsed(description, memfd, capacity)
+    except BaseException:
+        os.close(memfd)
+        raise
+
+
+def _spawn(config: str, program: bytes, child_fd: int, memfd: int, timeout: float,
+           out_cap: int, name: str) -> tuple[bytes, bytes, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", "-c", BOOT, config],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=(child_fd, memfd), env={}, cwd="/", start_new_session=True,
+    )
+    try:
+        return _communicate(proc, program, timeout, out_cap, name)
+    finally:
+        _kill_group(proc)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _communicate(proc: subprocess.Popen[bytes], program: bytes, timeout: float, out_cap: int,
+                 name: str) -> tuple[bytes, bytes, int]:
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    try:
+        proc.stdin.write(program)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child died before reading; its status says why
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    caps = {proc.stdout.fileno(): out_cap, proc.stderr.fileno(): STDERR_CAP}
+    sizes = dict.fromkeys(chunks, 0)
+    with selectors.DefaultSelector() as sel:
+        for pipe in (proc.stdout, proc.stderr):
+            sel.register(pipe, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill_group(proc)
+                raise SandboxTimeoutError(name, timeout)
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 1 << 20)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                sizes[key.fd] += len(data)
+                if sizes[key.fd] > caps[key.fd]:
+                    if key.fd == proc.stderr.fileno():
+                        continue  # keep draining, stop keeping
+                    _kill_group(proc)
+                    raise SandboxCrashedError(name, "the child's answer exceeded the size "
+                                              f"bound of {out_cap} bytes")
+                chunks[key.fd].append(data)
+    left = max(0.0, deadline - time.monotonic())
+    try:
+        status = proc.wait(left)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise SandboxTimeoutError(name, timeout) from None
+    return (b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]),
+            status)
+
+
+def _answer(out: bytes, err: bytes, status: int, name: str, limits: Limits) -> dict[str, Any]:
+    tail = err.decode("utf-8", "replace").strip()[-2000:]
+    if status == -signal.SIGSYS:
+        raise SandboxViolationError(name, "the child attempted a system call outside the "
+                                    "seccomp allowlist and was killed")
+    if status in (-signal.SIGXCPU, -signal.SIGKILL) and limits.cpu_seconds:
+        raise SandboxCrashedError(name, f"the child was killed by signal {-status} (CPU limit "
+                                  f"{limits.cpu_seconds}s, SANDBOXLOAD_CPU_SECONDS)")
+    if status != 0:
+        if "MemoryError" in tail:
+            raise SandboxMemoryError(name, limits.memory_bytes)
+        raise SandboxCrashedError(name, f"the child exited with status {status}: {tail}")
+    try:
+        answer = json.loads(out)
+    except (ValueError, RecursionError) as exc:
+        raise SandboxCrashedError(name, f"the child's answer is not valid JSON ({exc})") from None
+    if not isinstance(answer, dict):
+        raise SandboxCrashedError(name, "the child's answer is not a JSON object")
+    error = answer.get("error")
+    if error is None:
+        return answer
+    if not isinstance(error, dict):
+        raise SandboxCrashedError(name, "malformed error report from the child")
+    kind, message = str(error.get("kind")), str(error.get("message"))[:2000]
+    if kind == "unsafe_global":
+        raise UnsafeGlobalError(name, str(error.get("module"))[:200], str(error.get("name"))[:200])
+    if kind == "unsupported":
+        raise UnsupportedFormatError(name, "torch checkpoint", f"It uses {message}, which "
+                                     "sandboxload does not rebuild.")
+    if kind == "memory":
+        raise SandboxMemoryError(name, limits.memory_bytes)
+    if kind == "seccomp_unavailable":
+        raise SandboxUnavailableError(name, f"the seccomp filter could not be installed in "
+                                      f"the child ({message})")
+    raise CorruptCheckpointError(name, message)

@@ -1,0 +1,166 @@
+"""Turn the stand-in graph into the flat node table of :mod:`protocol` (child side).
+
+Iterative, identity-preserving: an object reached twice becomes one node referenced twice,
+so a memo DAG stays a DAG, and deep nesting costs no recursion.
+"""
+
+import base64
+import math
+
+import unpickler as u
+from protocol import SHELLS
+
+
+class Describer:
+    def __init__(self, write_region) -> None:  # noqa: ANN001
+        self.nodes: list = []
+        self.ids: dict = {}
+        self.keep: list = []  # keeps every described object alive, so id() stays unique
+        self.write_region = write_region  # bytes -> (offset, nbytes) in the memfd
+
+    def describe(self, root: object) -> int:
+        # Post-order DFS. A shell (mutable container) gets its id when first seen, so a
+        # cycle back into it is a plain reference; everything else gets its id after its
+        # children, so it only ever references lower ids or shells.
+        stack = [(root, False)]
+        pending: dict = {}
+        while stack:
+            obj, expanded = stack.pop()
+            key = id(obj)
+            if key in self.ids and not expanded:
+                continue
+            if not expanded:
+                kind = self._kind(obj)
+                if kind in SHELLS:
+                    self.ids[key] = self._reserve()
+                    self.keep.append(obj)
+                elif key in pending:
+                    raise u.Malformed("an immutable object contains itself")
+                pending[key] = True
+                stack.append((obj, True))
+                for child in reversed(self._children(obj)):
+                    if id(child) not in self.ids:
+                        stack.append((child, False))
+                continue
+            pending.pop(key, None)
+            node = self._node(obj)
+            if key in self.ids:
+                self.nodes[self.ids[key]] = node
+            else:
+                self.ids[key] = len(self.nodes)
+                self.nodes.append(node)
+                self.keep.append(obj)
+        return self.ids[id(root)]
+
+    def _reserve(self) -> int:
+        self.nodes.append(None)
+        return len(self.nodes) - 1
+
+    @staticmethod
+    def _kind(obj: object) -> str:
+        if isinstance(obj, u.ODict):
+            return "odict"
+        if isinstance(obj, u.CounterSI):
+            return "counter"
+        if type(obj) is dict:
+            return "dict"
+        if type(obj) is list:
+            return "list"
+        if isinstance(obj, u.NamespaceSI):
+            return "namespace"
+        if isinstance(obj, u.GenericObject):
+            return "object"
+        return "leaf"
+
+    @staticmethod
+    def _children(obj: object) -> list:
+        t = type(obj)
+        if t in (list, tuple, set, frozenset):
+            return list(obj)
+        if isinstance(obj, dict):
+            out = [x for kv in obj.items() for x in kv]
+            if isinstance(obj, u.ODict):
+                out += list(vars(obj).values())
+            return out
+        if isinstance(obj, (u.NamespaceSI, u.GenericObject)):
+            return list(vars(obj).values())
+        if isinstance(obj, (u.TensorRef, u.ParamRef)):
+            extra = [obj.data] if isinstance(obj, u.ParamRef) else []
+            return extra + list(obj.attrs.values())
+        if isinstance(obj, u.DeviceTensorRef):
+            return [obj.data]
+        return []
+
+    def _ref(self, obj: object) -> int:
+        return self.ids[id(obj)]
+
+    def _attrs(self, attrs: dict) -> dict:
+        for k in attrs:
+            if not isinstance(k, str):
+                raise u.Malformed("attribute names must be str")
+        return {k: self._ref(v) for k, v in attrs.items()}
+
+    def _node(self, obj: object) -> list:  # noqa: PLR0911, PLR0912
+        t = type(obj)
+        if obj is None:
+            return ["none"]
+        if t is bool:
+            return ["bool", obj]
+        if t is int:
+            return ["int", obj]
+        if t is float:
+            return ["float", obj if math.isfinite(obj) else repr(obj)]
+        if t is str:
+            return ["str", obj]
+        if t in (bytes, bytearray):
+            return [t.__name__, base64.b64encode(obj).decode("ascii")]
+        if t is complex:
+            return ["complex", _num(obj.real), _num(obj.imag)]
+        if t in (list, tuple, set, frozenset):
+            return [t.__name__, [self._ref(x) for x in obj]]
+        if t is dict or isinstance(obj, u.CounterSI):
+            kind = "dict" if t is dict else "counter"
+            return [kind, [[self._ref(k), self._ref(v)] for k, v in obj.items()]]
+        if isinstance(obj, u.ODict):
+            return ["odict", [[self._ref(k), self._ref(v)] for k, v in obj.items()],
+                    self._attrs(vars(obj))]
+        if isinstance(obj, u.NamespaceSI):
+            return ["namespace", self._attrs(vars(obj))]
+        if isinstance(obj, u.GenericObject):
+            return ["object", obj.qualname, self._attrs(vars(obj))]
+        if t is u.TensorRef:
+            return ["tensor", obj.storage.index, obj.offset, list(obj.size), list(obj.stride),
+                    obj.requires_grad, obj.dtype, obj.metadata, self._attrs(obj.attrs)]
+        if t is u.MetaTensorRef:
+            return ["meta_tensor", obj.dtype, list(obj.size), list(obj.stride),
+                    obj.requires_grad]
+        if t is u.ParamRef:
+            return ["param", self._ref(obj.data), obj.requires_grad, self._attrs(obj.attrs)]
+        if t is u.DeviceTensorRef:
+            return ["device_tensor", self._ref(obj.data), obj.dtype, obj.device,
+                    obj.requires_grad]
+        if t is u.SizeRef:
+            return ["size", list(obj.items)]
+        if t is u.DeviceRef:
+            return ["device", obj.type, obj.index]
+        if t is u.DType:
+            return ["dtype", obj.name]
+        if t is u.Layout:
+            return ["layout", obj.name]
+        if t is u.NPDType:
+            return ["npdtype", obj.endian + obj.code]
+        if t is u.NDArray:
+            if obj.dtype is None:
+                raise u.Malformed("numpy array without state")
+            offset, nbytes = self.write_region(obj.data)
+            return ["ndarray", obj.dtype.endian + obj.dtype.code, list(obj.shape),
+                    obj.fortran, "memfd", offset, nbytes]
+        if t is u.NPScalar:
+            return ["npscalar", obj.dtype.endian + obj.dtype.code,
+                    base64.b64encode(obj.data).decode("ascii")]
+        raise u.Malformed(f"the pickle produced an object of a kind that is not data "
+                          f"({t.__name__})")
+
+
+def _num(x: float) -> object:
+    return x if math.isfinite(x) else repr(x)

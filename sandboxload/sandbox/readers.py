@@ -1,0 +1,364 @@
+"""Checkpoint formats, read in the child: torch zip, legacy stacked pickles, legacy tar.
+
+Each reader unpickles with :class:`unpickler.RestrictedUnpickler` and registers storages as
+byte ranges: of the checkpoint itself where torch stored them aligned and uncompressed (zip),
+or of the memfd, filled here, where the bytes need moving (legacy formats, big-endian data).
+"""
+
+import array
+import io
+import os
+import struct
+import sys
+import tarfile
+import zipfile
+
+import unpickler as u
+from protocol import DTYPE_SIZES
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+ALIGN = 64
+CHUNK = 8 << 20
+
+
+class Output:
+    """The memfd and the storage table, both bounded by what the parent allowed."""
+
+    def __init__(self, memfd: int, capacity: int) -> None:
+        self.memfd = memfd
+        self.capacity = capacity
+        self.pos = 0
+        self.storages: list = []
+
+    def _reserve(self, nbytes: int) -> int:
+        start = -(-self.pos // ALIGN) * ALIGN
+        if start + nbytes > self.capacity:
+            raise u.Malformed("the checkpoint expands to more data than its own size allows")
+        self.pos = start + nbytes
+        return start
+
+    def write_bytes(self, data: bytes) -> tuple:
+        start = self._reserve(len(data))
+        _pwrite_all(self.memfd, memoryview(data), start)
+        return start, len(data)
+
+    def copy_range(self, fd: int, offset: int, nbytes: int, swap: int = 0) -> int:
+        """Copy ``nbytes`` of ``fd`` at ``offset`` into the memfd (byte-swapping ``swap``-byte
+        words when asked); returns where they landed."""
+        start = self._reserve(nbytes)
+        done = 0
+        while done < nbytes:
+            n = min(CHUNK, nbytes - done)
+            chunk = os.pread(fd, n, offset + done)
+            if len(chunk) != n:
+                raise u.Malformed("storage data runs past the end of the file")
+            if swap > 1:
+                words = array.array({2: "H", 4: "I", 8: "Q"}[swap], chunk)
+                words.byteswap()
+                chunk = words.tobytes()
+            _pwrite_all(self.memfd, memoryview(chunk), start + done)
+            done += n
+        return start
+
+    def add_storage(self, dtype: str, nbytes: int, source: str, offset: int,
+                    location: str) -> u.StorageRef:
+        self.storages.append([dtype, nbytes, source, offset, location])
+        return u.StorageRef(len(self.storages) - 1, dtype, nbytes)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def _location(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str) or len(value) > 64:
+        raise u.Malformed("storage location must be a short string")
+    return value
+
+
+def _storage_dtype(storage_type: object) -> str:
+    if not isinstance(storage_type, u.StorageType):
+        raise u.Malformed("persistent id names something that is not a storage type")
+    return storage_type.dtype
+
+
+def _swap_width(dtype: str) -> int:
+    size = DTYPE_SIZES[dtype]
+    return size // 2 if dtype.startswith("complex") else size
+
+
+# --- torch zip -----------------------------------------------------------------------------
+
+
+def read_zip(f: io.BufferedReader, fd: int, size: int, out: Output, pickle_cap: int) -> object:
+    zf = zipfile.ZipFile(f)
+    names = zf.namelist()
+    if not names:
+        raise u.Malformed("empty zip archive")
+    if len(set(names)) != len(names):
+        raise u.Malformed("the zip archive has duplicate record names")
+    # torch's reader takes the archive name from the first record, then reads only below it.
+    prefix = names[0].split("/", 1)[0]
+    if f"{prefix}/constants.pkl" in names:
+        raise u.Unsupported("TorchScript archives (they carry code)")
+    if f"{prefix}/data.pkl" not in names:
+        raise u.Malformed(f"no {prefix}/data.pkl record: not a torch checkpoint")
+    byteorder = "little"
+    if f"{prefix}/byteorder" in names:
+        byteorder = _read_small(zf, f"{prefix}/byteorder", 16).decode("ascii", "replace")
+        if byteorder not in ("little", "big"):
+            raise u.Malformed(f"unknown byteorder record {byteorder!r}")
+    swap = byteorder != sys.byteorder
+    loaded: dict = {}
+
+    def persistent_load(pid: object) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+            raise u.Malformed("unexpected persistent id in data.pkl")
+        _, storage_type, key, location, numel = pid
+        dtype = _storage_dtype(storage_type)
+        if isinstance(key, bytes):
+            key = key.decode("ascii", "replace")
+        if not isinstance(key, str) or not key or "/" in key or ".." in key:
+            raise u.Malformed("bad storage key")
+        if type(numel) is not int or numel < 0:
+            raise u.Malformed("storage size must be a non-negative int")
+        if key in loaded:
+            return loaded[key]
+        nbytes = numel * DTYPE_SIZES[dtype]
+        info = _info(zf, f"{prefix}/data/{key}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise u.Malformed(f"storage record data/{key} is compressed; torch never writes "
+                              "compressed storages")
+        if info.file_size != nbytes or info.compress_size != nbytes:
+            raise u.Malformed(f"storage record data/{key} holds {info.file_size} bytes, the "
+                              f"pickle says {nbytes}")
+        start = _data_offset(fd, info, size)
+        if swap and _swap_width(dtype) > 1:
+            ref = out.add_storage(dtype, nbytes, "memfd",
+                                  out.copy_range(fd, start, nbytes, _swap_width(dtype)),
+                                  _location(location))
+        else:
+            ref = out.add_storage(dtype, nbytes, "file", start, _location(location))
+        loaded[key] = ref
+        return ref
+
+    data = _read_small(zf, f"{prefix}/data.pkl", pickle_cap)
+    return u.RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
+
+
+def _info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    try:
+        return zf.getinfo(name)
+    except KeyError:
+        raise u.Malformed(f"record {name} is missing") from None
+
+
+def _read_small(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
+    info = _info(zf, name)
+    if info.file_size > cap:
+        raise u.Malformed(f"record {name} claims {info.file_size} bytes, over the cap of {cap}")
+    with zf.open(info) as member:
+        data = member.read(cap + 1)
+    if len(data) > cap:
+        raise u.Malformed(f"record {name} expands past the cap of {cap} bytes")
+    return data
+
+
+def _data_offset(fd: int, info: zipfile.ZipInfo, size: int) -> int:
+    header = os.pread(fd, 30, info.header_offset)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise u.Malformed(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > size:
+        raise u.Malformed(f"record {info.filename} runs past the end of the file")
+    return start
+
+
+# --- legacy stacked pickles ----------------------------------------------------------------
+
+
+def read_legacy(f: io.BufferedReader, fd: int, out: Output) -> object:
+    magic = u.RestrictedUnpickler(f).load()
+    if magic != LEGACY_MAGIC:
+        raise u.Malformed("invalid magic number: not a torch checkpoint")
+    if u.RestrictedUnpickler(f).load() != LEGACY_PROTOCOL:
+        raise u.Malformed("unsupported legacy protocol version")
+    u.RestrictedUnpickler(f).load()  # sys_info: plain data, unused
+    typed: dict = {}  # root key -> (dtype, numel, location)
+    refs: dict = {}  # key -> StorageRef (roots and views)
+    views: list = []  # (view key, root key, element offset, numel)
+
+    def persistent_load(pid: object) -> object:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
+            raise u.Malformed("unexpected persistent id")
+        _, storage_type, root_key, location, numel, view = pid
+        dtype = _storage_dtype(storage_type)
+        if not isinstance(root_key, str) or type(numel) is not int or numel < 0:
+            raise u.Malformed("bad storage reference")
+        if root_key not in refs:
+            typed[root_key] = (dtype, numel, _location(location))
+            refs[root_key] = u.StorageRef(-1, dtype, numel * DTYPE_SIZES[dtype])
+        if view is None:
+            return refs[root_key]
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise u.Malformed("bad storage view")
+        view_key, offset, view_numel = view
+        if view_key not in refs:
+            refs[view_key] = u.StorageRef(-1, dtype, 0)
+            views.append((view_key, root_key, offset, view_numel))
+        return refs[view_key]
+
+    result = u.RestrictedUnpickler(f, persistent_load).load()
+    keys = u.RestrictedUnpickler(f).load()
+    if not isinstance(keys, list) or set(keys) != set(typed) or len(keys) != len(typed):
+        raise u.Malformed("the storage key list does not match the storages the pickle uses")
+    offset = f.tell()
+    for key in keys:
+        dtype, numel, location = typed[key]
+        head = os.pread(fd, 8, offset)
+        if len(head) != 8 or struct.unpack("<q", head)[0] != numel:
+            raise u.Malformed(f"storage {key}: size on disk does not match the pickle")
+        nbytes = numel * DTYPE_SIZES[dtype]
+        # Legacy data is little-endian on disk, whatever the host.
+        swap = _swap_width(dtype) if sys.byteorder != "little" else 0
+        start = out.copy_range(fd, offset + 8, nbytes, swap)
+        _bind(refs[key], out.add_storage(dtype, nbytes, "memfd", start, location))
+        offset += 8 + nbytes
+    _bind_views(views, refs, out)
+    return result
+
+
+def _bind(target: u.StorageRef, source: u.StorageRef) -> None:
+    target.index, target.dtype, target.nbytes = source.index, source.dtype, source.nbytes
+
+
+def _bind_views(views: list, refs: dict, out: Output) -> None:
+    for view_key, root_key, offset, numel in views:
+        root = refs[root_key]
+        if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0:
+            raise u.Malformed("bad storage view")
+        item = DTYPE_SIZES[root.dtype]
+        dtype, nbytes, source, start, location = out.storages[root.index]
+        if (offset + numel) * item > nbytes:
+            raise u.Malformed("storage view runs past its storage")
+        _bind(refs[view_key], out.add_storage(dtype, numel * item, source,
+                                              start + offset * item, location))
+
+
+# --- legacy tar ----------------------------------------------------------------------------
+
+
+def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
+    tar = tarfile.open(fileobj=f, mode="r:")
+    members = {m.name: m for m in tar.getmembers()}
+    for name in ("storages", "tensors", "pickle"):
+        if name not in members or not members[name].isfile():
+            raise u.Malformed(f"legacy tar checkpoint without a '{name}' member")
+    objects: dict = {}
+
+    stor = members["storages"]
+    sf = _Window(f, stor.offset_data, stor.size)
+    count = u.RestrictedUnpickler(sf).load()
+    if type(count) is not int or count < 0:
+        raise u.Malformed("bad storage count")
+    for _ in range(count):
+        args = u.RestrictedUnpickler(sf).load()
+        if not (isinstance(args, tuple) and len(args) == 3):
+            raise u.Malformed("bad storage header")
+        key, location, storage_type = args
+        dtype = _storage_dtype(storage_type)
+        head = sf.read(8)
+        if len(head) != 8:
+            raise u.Malformed("truncated storage")
+        numel = struct.unpack("<q", head)[0]
+        if numel < 0 or numel * DTYPE_SIZES[dtype] > sf.remaining():
+            raise u.Malformed("storage size runs past its member")
+        nbytes = numel * DTYPE_SIZES[dtype]
+        start = out.copy_range(fd, sf.absolute(), nbytes)
+        sf.skip(nbytes)
+        objects[key] = out.add_storage(dtype, nbytes, "memfd", start, _location(location))
+    for view in u.RestrictedUnpickler(sf).load():
+        if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
+            raise u.Malformed("bad storage view")
+        target, root_key, offset, numel = view
+        root = objects[root_key]
+        item = DTYPE_SIZES[root.dtype]
+        dtype, nbytes, source, start, location = out.storages[root.index]
+        if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0 or \
+                (offset + numel) * item > nbytes:
+            raise u.Malformed("storage view runs past its storage")
+        objects[target] = out.add_storage(dtype, numel * item, source, start + offset * item,
+                                          location)
+
+    tens = members["tensors"]
+    tf = _Window(f, tens.offset_data, tens.size)
+    count = u.RestrictedUnpickler(tf).load()
+    if type(count) is not int or count < 0:
+        raise u.Malformed("bad tensor count")
+    for _ in range(count):
+        args = u.RestrictedUnpickler(tf).load()
+        if not (isinstance(args, tuple) and len(args) == 3) or args[1] not in objects:
+            raise u.Malformed("bad tensor header")
+        key, storage_id, _tensor_type = args
+        (ndim,) = struct.unpack("<i", tf.read_exact(4))
+        tf.read_exact(4)
+        if not 0 <= ndim <= 64:
+            raise u.Malformed("bad tensor rank")
+        size = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
+        stride = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
+        (offset,) = struct.unpack("<q", tf.read_exact(8))
+        objects[key] = u.rebuild_tensor(objects[storage_id], offset, size, stride)
+
+    def persistent_load(pid: object) -> object:
+        if isinstance(pid, tuple):
+            # ('module', cls, source file, source): a class object, which is never data.
+            raise u.Malformed("legacy module-source records are not data")
+        try:
+            return objects[int(pid)]
+        except (KeyError, ValueError, TypeError):
+            raise u.Malformed("unknown tensor key") from None
+
+    pick = members["pickle"]
+    return u.RestrictedUnpickler(_Window(f, pick.offset_data, pick.size), persistent_load).load()
+
+
+class _Window(io.RawIOBase):
+    """A read-only view of ``size`` bytes of ``f`` starting at ``start`` (a tar member)."""
+
+    def __init__(self, f: io.BufferedReader, start: int, size: int) -> None:
+        self.f, self.start, self.size, self.pos = f, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        self.f.seek(self.start + self.pos)
+        data = self.f.read(n)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def read_exact(self, n: int) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise u.Malformed("truncated tensor header")
+        return data
+
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def absolute(self) -> int:
+        return self.start + self.pos
+
+    def skip(self, n: int) -> None:
+        self.pos += n

@@ -1,0 +1,102 @@
+"""The sandbox child: ``python -I -S -B -c 'import worker; worker.main()' CONFIG``.
+
+Standard library only. Order matters and is the point of this file:
+1. import everything the parse needs (nothing can be imported once the filter is in);
+2. move the inherited descriptors to fixed numbers, set rlimits;
+3. read the BPF program from stdin and install it (or report that it cannot be);
+4. only then read the first byte of the checkpoint.
+The answer (a :mod:`protocol` description, or an error) is JSON on stdout.
+"""
+
+import io
+import json
+import os
+import sys
+
+import confine
+import describe
+import readers
+import unpickler
+from protocol import DTYPE_SIZES, STORAGE_DTYPES, VERSION
+
+
+def _emit(payload: dict) -> None:
+    data = json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _error(kind: str, message: str, **extra: object) -> dict:
+    return {"version": VERSION, "error": {"kind": kind, "message": message, **extra}}
+
+
+def parse(config: dict) -> dict:
+    fmt = config["format"]
+    size = config["size"]
+    out = readers.Output(confine.MEMFD_FD, config["memfd_capacity"])
+    raw = io.FileIO(confine.CKPT_FD, "rb", closefd=False)
+    f = io.BufferedReader(raw, buffer_size=1 << 16)
+    if fmt == "torch-zip":
+        root = readers.read_zip(f, confine.CKPT_FD, size, out, config["pickle_cap"])
+    elif fmt == "torch-tar":
+        root = readers.read_tar(f, confine.CKPT_FD, out)
+    else:
+        root = readers.read_legacy(f, confine.CKPT_FD, out)
+    if config.get("probe"):
+        _probe(config["probe"])
+    d = describe.Describer(out.write_bytes)
+    root_id = d.describe(root)
+    return {"version": VERSION, "root": root_id, "nodes": d.nodes, "storages": out.storages,
+            "memfd_used": out.pos}
+
+
+def _probe(what: str) -> None:
+    """Attempt a forbidden operation after confinement (tests and ``doctor`` prove the filter)."""
+    if what == "open":
+        os.open("/etc/hostname", os.O_RDONLY)
+    elif what == "socket":
+        import _socket  # already imported? no: a forbidden open would kill us first
+
+        _socket.socket()
+    elif what == "fork":
+        os.fork()
+    elif what == "execve":
+        os.execv("/bin/true", ["true"])
+    elif what == "write_ckpt":
+        os.write(confine.CKPT_FD, b"x")
+    elif what == "exec_memory":
+        import mmap
+
+        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    confine.arrange_fds(config["ckpt_fd"], config["memfd"])
+    confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
+    unpickler.configure(STORAGE_DTYPES, tuple(DTYPE_SIZES), tuple(config["extra_globals"]))
+    program = sys.stdin.buffer.read()
+    if config["seccomp"]:
+        try:
+            confine.install_filter(program)
+        except OSError as exc:
+            _emit(_error("seccomp_unavailable", str(exc)))
+            return
+    try:
+        result = parse(config)
+    except unpickler.Refused as exc:
+        result = _error("unsafe_global", str(exc), module=exc.module, name=exc.name)
+    except unpickler.Unsupported as exc:
+        result = _error("unsupported", str(exc))
+    except MemoryError:
+        result = _error("memory", "the child ran out of its memory limit")
+    except RecursionError:
+        result = _error("malformed", "structure nested too deeply")
+    except Exception as exc:  # malformed input of any kind is an answer, not a crash
+        result = _error("malformed", f"{type(exc).__name__}: {exc}")
+    _emit(result)
+
+
+if __name__ == "__main__":
+    main()
