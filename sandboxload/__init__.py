@@ -9,10 +9,17 @@ TYPE_CHECKING = False  # typing is not imported: this module is on the start-up 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CorruptCheckpointError",
     "PickleRefusedError",
     "PolicyError",
+    "SandboxCrashedError",
     "SandboxLoadError",
+    "SandboxMemoryError",
+    "SandboxTimeoutError",
+    "SandboxUnavailableError",
+    "SandboxViolationError",
     "TorchScriptRefusedError",
+    "UnsafeGlobalError",
     "UnsupportedFormatError",
     "__version__",
     "activate",
@@ -24,10 +31,17 @@ _LAZY = {
     "activate": "bootstrap",
     "is_active": "bootstrap",
     "load": "api",
+    "CorruptCheckpointError": "errors",
     "PickleRefusedError": "errors",
     "PolicyError": "errors",
+    "SandboxCrashedError": "errors",
     "SandboxLoadError": "errors",
+    "SandboxMemoryError": "errors",
+    "SandboxTimeoutError": "errors",
+    "SandboxUnavailableError": "errors",
+    "SandboxViolationError": "errors",
     "TorchScriptRefusedError": "errors",
+    "UnsafeGlobalError": "errors",
     "UnsupportedFormatError": "errors",
 }
 
@@ -37,10 +51,17 @@ if TYPE_CHECKING:
     from .api import load
     from .bootstrap import activate, is_active
     from .errors import (
+        CorruptCheckpointError,
         PickleRefusedError,
         PolicyError,
+        SandboxCrashedError,
         SandboxLoadError,
+        SandboxMemoryError,
+        SandboxTimeoutError,
+        SandboxUnavailableError,
+        SandboxViolationError,
         TorchScriptRefusedError,
+        UnsafeGlobalError,
         UnsupportedFormatError,
     )
 

@@ -26,6 +26,11 @@ OPTION_ENV = {
     "policy": "SANDBOXLOAD_POLICY",
     "pickle": "SANDBOXLOAD_PICKLE",
     "audit_log": "SANDBOXLOAD_AUDIT_LOG",
+    "seccomp": "SANDBOXLOAD_SECCOMP",
+    "allow_globals": "SANDBOXLOAD_ALLOW_GLOBALS",
+    "timeout": "SANDBOXLOAD_TIMEOUT",
+    "memory_mb": "SANDBOXLOAD_MEMORY_MB",
+    "cpu_seconds": "SANDBOXLOAD_CPU_SECONDS",
 }
 
 
@@ -55,6 +60,32 @@ def _parser() -> argparse.ArgumentParser:
         "--audit-log",
         metavar="PATH",
         help="append one JSON line per load decision; '-' is stderr (SANDBOXLOAD_AUDIT_LOG)",
+    )
+    p.add_argument(
+        "--seccomp",
+        choices=("on", "off"),
+        help="confine the sandbox child with seccomp (SANDBOXLOAD_SECCOMP; default "
+        "on; off is an explicit, unsafe opt-out)",
+    )
+    p.add_argument(
+        "--allow-globals",
+        metavar="MOD.NAME,...",
+        help="extra plain data classes a pickle may name (SANDBOXLOAD_ALLOW_GLOBALS)",
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        help="wall-clock limit of one sandboxed parse (SANDBOXLOAD_TIMEOUT)",
+    )
+    p.add_argument(
+        "--memory-mb",
+        metavar="MB",
+        help="address-space limit of the sandbox child (SANDBOXLOAD_MEMORY_MB)",
+    )
+    p.add_argument(
+        "--cpu-seconds",
+        metavar="SECONDS",
+        help="CPU limit of the sandbox child (SANDBOXLOAD_CPU_SECONDS)",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="COMMAND [ARGS...]")
     return p

@@ -69,15 +69,16 @@ class TorchScriptRefusedError(PickleRefusedError):
 class UnsafeGlobalError(PickleRefusedError):
     """The pickle names a global outside the allowlist (a function, a class that is not data)."""
 
-    def __init__(self, file: str, module: str, name: str) -> None:
+    def __init__(self, file: str, module: str, name: str, fmt: str = "torch checkpoint") -> None:
         self.global_name = f"{module}.{name}"
         super().__init__(
-            file, "torch checkpoint",
+            file,
+            fmt,
             f"It names the global {self.global_name!r}, which is not on the allowlist of "
-            "plain data types, so nothing was loaded. If the file comes from a source you "
-            "trust and that global is a plain data class, allow it with "
-            f"SANDBOXLOAD_ALLOW_GLOBALS={self.global_name}; otherwise get the weights as "
-            "safetensors.",
+            "plain data types; nothing was imported, called or loaded. Get the weights as "
+            "safetensors; or, only if you trust the file and that global is a plain data "
+            f"class of your own, allow it with SANDBOXLOAD_ALLOW_GLOBALS={self.global_name} "
+            "(functions are never allowed).",
         )
 
 
@@ -86,7 +87,8 @@ class CorruptCheckpointError(_FileError, pickle.UnpicklingError):
 
     def __init__(self, file: str, detail: str) -> None:
         super().__init__(
-            file, f"sandboxload could not load {file!r}: the checkpoint is malformed "
+            file,
+            f"sandboxload could not load {file!r}: the checkpoint is malformed "
             f"({detail}). Re-download or re-export the file.",
         )
 
@@ -104,7 +106,8 @@ class SandboxUnavailableError(_FileError, OSError):
 
     def __init__(self, file: str, detail: str) -> None:
         super().__init__(
-            file, f"sandboxload will not parse {file!r}: {detail}. Install libseccomp "
+            file,
+            f"sandboxload will not parse {file!r}: {detail}. Install libseccomp "
             "(Debian: libseccomp2) and pyseccomp, or, knowing the child then runs without a "
             "syscall filter, set SANDBOXLOAD_SECCOMP=off; SANDBOXLOAD_PICKLE=refuse refuses "
             "pickle files instead.",
@@ -116,7 +119,8 @@ class SandboxCrashedError(_FileError, RuntimeError):
 
     def __init__(self, file: str, detail: str) -> None:
         super().__init__(
-            file, f"the sandbox parsing {file!r} failed: {detail}. The file is probably "
+            file,
+            f"the sandbox parsing {file!r} failed: {detail}. The file is probably "
             "malformed or hostile; nothing from it was loaded.",
         )
 
@@ -126,7 +130,8 @@ class SandboxTimeoutError(_FileError, TimeoutError):
 
     def __init__(self, file: str, seconds: float) -> None:
         super().__init__(
-            file, f"the sandbox parsing {file!r} did not finish within {seconds:g}s and was "
+            file,
+            f"the sandbox parsing {file!r} did not finish within {seconds:g}s and was "
             "killed; raise SANDBOXLOAD_TIMEOUT if the file is just very large.",
         )
 
@@ -136,7 +141,8 @@ class SandboxViolationError(_FileError, PermissionError):
 
     def __init__(self, file: str, detail: str) -> None:
         super().__init__(
-            file, f"the sandbox parsing {file!r} was stopped: {detail}. Treat the file as "
+            file,
+            f"the sandbox parsing {file!r} was stopped: {detail}. Treat the file as "
             "hostile; nothing from it was loaded.",
         )
 
@@ -146,7 +152,8 @@ class SandboxMemoryError(_FileError, MemoryError):
 
     def __init__(self, file: str, limit_bytes: int) -> None:
         super().__init__(
-            file, f"the sandbox parsing {file!r} ran out of its memory limit "
+            file,
+            f"the sandbox parsing {file!r} ran out of its memory limit "
             f"({limit_bytes >> 20} MiB); raise SANDBOXLOAD_MEMORY_MB if the file is "
             "legitimately that large.",
         )

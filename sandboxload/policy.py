@@ -75,8 +75,7 @@ def _globals(value: Any, origin: str) -> tuple[str, ...]:
     for name in names:
         module, _, attr = name.rpartition(".")
         if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
-            raise PolicyError(f"{origin}: {name!r} is not a dotted global name "
-                              "(module.Name)")
+            raise PolicyError(f"{origin}: {name!r} is not a dotted global name (module.Name)")
     return names
 
 

@@ -64,7 +64,7 @@ def test_torch_is_patched_when_imported_later(checkpoints: dict[str, Path]) -> N
         f"try:\n    torch.load({str(checkpoints['zip'])!r}, weights_only=False)\n"
         "except sandboxload.PickleRefusedError:\n    print('refused')\n"
     )
-    proc = run_py(code, env=clean_env(SANDBOXLOAD="1"))
+    proc = run_py(code, env=clean_env(SANDBOXLOAD="1", SANDBOXLOAD_PICKLE="refuse"))
     assert proc.stdout.strip() == "refused", proc.stderr
 
 
@@ -79,7 +79,7 @@ def test_activate_patches_an_already_imported_torch(checkpoints: dict[str, Path]
         "except sandboxload.PickleRefusedError:\n"
         "    print('refused', os.environ['SANDBOXLOAD'])\n"
     )
-    proc = run_py(code)
+    proc = run_py(code, env=clean_env(SANDBOXLOAD_PICKLE="refuse"))
     assert proc.stdout.strip() == "refused 1", proc.stderr
 
 
@@ -135,7 +135,10 @@ def test_multiprocessing_spawn_children_are_covered(
         "    with mp.get_context('spawn').Pool(1) as pool:\n"
         f"        print(pool.apply(probe, ({str(checkpoints['zip'])!r},)))\n"
     )
-    for how, env in (("env", clean_env(SANDBOXLOAD="1")), ("library", clean_env())):
+    for how, env in (
+        ("env", clean_env(SANDBOXLOAD="1", SANDBOXLOAD_PICKLE="refuse")),
+        ("library", clean_env(SANDBOXLOAD_PICKLE="refuse")),
+    ):
         proc = subprocess.run(
             [PY, str(script), how], env=env, capture_output=True, text=True, timeout=120
         )

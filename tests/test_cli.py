@@ -44,7 +44,7 @@ def fake_console_script(tmp_path: Path, malicious: dict[str, Path]) -> dict[str,
         "        capture_output=True, text=True)\n"
         "    print(json.dumps({'argv': sys.argv[1:], 'here': here,\n"
         "        'in_process': 'sandboxload.cli' in sys.modules,\n"
-        "        'child_refused': 'PickleRefusedError' in child.stderr}))\n"
+        "        'child_refused': 'sandboxload refused to unpickle' in child.stderr}))\n"
         "    return 3\n"
     )
     return clean_env(PYTHONPATH=str(site))
@@ -73,7 +73,7 @@ def test_other_commands_are_execd_with_the_env(checkpoints: dict[str, Path]) -> 
         "print('sandboxload.cli' in sys.modules, os.environ['SANDBOXLOAD'])\n"
         "sys.exit(7)\n"
     )
-    proc = wrapper(PY, "-c", code)
+    proc = wrapper("--pickle", "refuse", PY, "-c", code)
     assert proc.returncode == 7, proc.stderr
     assert proc.stdout.split() == ["refused", "False", "1"]
     proc = wrapper("run", "--", PY, "-c", "import sys; sys.exit(5)")
@@ -97,7 +97,7 @@ def test_unknown_command_is_127() -> None:
 def test_bad_policy_is_rejected_before_running(tmp_path: Path) -> None:
     proc = wrapper(PY, "-c", "print('ran')", env=clean_env(SANDBOXLOAD_PICKLE="maybe"))
     assert proc.returncode == 2 and "ran" not in proc.stdout
-    assert "SANDBOXLOAD_PICKLE" in proc.stderr and "refuse, allow" in proc.stderr
+    assert "SANDBOXLOAD_PICKLE" in proc.stderr and "sandbox, refuse, allow" in proc.stderr
 
 
 def test_version_help_and_reserved_words() -> None:

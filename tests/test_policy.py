@@ -12,7 +12,7 @@ from sandboxload.errors import PolicyError
 
 def test_defaults() -> None:
     p = policy.resolve({})
-    assert (p.pickle, p.audit_log) == ("refuse", None)
+    assert (p.pickle, p.audit_log, p.seccomp) == ("sandbox", None, True)
 
 
 def test_file_then_env(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_file_then_env(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "names"),
     [
-        ({"SANDBOXLOAD_PICKLE": "yes"}, ["SANDBOXLOAD_PICKLE", "refuse, allow"]),
+        ({"SANDBOXLOAD_PICKLE": "yes"}, ["SANDBOXLOAD_PICKLE", "sandbox, refuse, allow"]),
         (
             {"SANDBOXLOAD_POLICY": "/nonexistent/p.toml"},
             ["SANDBOXLOAD_POLICY", "/nonexistent/p.toml"],
@@ -50,7 +50,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], names: list[str]) -> 
     ("text", "needle"),
     [
         ('pickle = "sometimes"\n', "pickle in policy file"),
-        ("pickle = 3\n", "refuse, allow"),
+        ("pickle = 3\n", "sandbox, refuse, allow"),
         ('picle = "allow"\n', "unknown setting(s) picle"),
         ("pickle = \n", "not valid TOML"),
     ],

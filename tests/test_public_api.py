@@ -16,6 +16,7 @@ def test_all_is_sorted_and_complete() -> None:
         n
         for n in dir(errors)
         if n.endswith("Error")
+        and not n.startswith("_")
         and isinstance(getattr(errors, n), type)
         and issubclass(getattr(errors, n), errors.SandboxLoadError)
     }

@@ -18,8 +18,9 @@ from .conftest import clean_env, run_py
 
 @pytest.fixture(autouse=True)
 def active(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in ("SANDBOXLOAD_PICKLE", "SANDBOXLOAD_POLICY", "SANDBOXLOAD_AUDIT_LOG"):
+    for k in ("SANDBOXLOAD_POLICY", "SANDBOXLOAD_AUDIT_LOG"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SANDBOXLOAD_PICKLE", "refuse")
     sandboxload.activate(export_env=False)
 
 
@@ -48,7 +49,7 @@ def test_benign_pickles_are_refused_whatever_the_caller_asks(
         with pytest.raises(PickleRefusedError) as info:
             load(checkpoints[kind], **kwargs)  # type: ignore[operator]
         msg = str(info.value)
-        assert str(checkpoints[kind]) in msg and "SANDBOXLOAD_PICKLE=allow" in msg
+        assert str(checkpoints[kind]) in msg and "SANDBOXLOAD_PICKLE=sandbox" in msg
         assert isinstance(info.value, pickle.UnpicklingError)
 
 
@@ -150,6 +151,7 @@ def test_missing_file_is_the_usual_error(tmp_path: Path) -> None:
 
 def test_library_load_does_not_need_activation(checkpoints: dict[str, Path]) -> None:
     proc = run_py(
+        "import os; os.environ['SANDBOXLOAD_PICKLE'] = 'refuse'\n"
         "import sandboxload, sys\n"
         f"sd = sandboxload.load({str(checkpoints['safetensors'])!r})\n"
         "print(sorted(sd), sandboxload.is_active())\n"

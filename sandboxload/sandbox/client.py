@@ -10,6 +10,7 @@ deadline, and always reaps the child.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -78,8 +79,9 @@ def _memfd(capacity: int) -> int:
     try:
         os.ftruncate(fd, capacity)
         # The child may fill it but never grow it: what it produces is bounded by us.
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        )
     except BaseException:
         os.close(fd)
         raise
@@ -91,8 +93,9 @@ def memfd_capacity(size: int) -> int:
     return 2 * size + MIB
 
 
-def run(fd: int, size: int, fmt: str, name: str, limits: Limits,
-        probe: str | None = None) -> Parsed:
+def run(
+    fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | None = None
+) -> Parsed:
     """Parse the checkpoint open on ``fd`` in a confined child; raise a typed error if it fails."""
     program = filter_program(name) if limits.seccomp else b""
     capacity = memfd_capacity(size)
@@ -102,29 +105,48 @@ def run(fd: int, size: int, fmt: str, name: str, limits: Limits,
         child_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             config = {
-                "ckpt_fd": child_fd, "memfd": memfd, "format": fmt, "size": size,
-                "memfd_capacity": capacity, "pickle_cap": max(64 * MIB, 4 * size),
-                "memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds,
-                "extra_globals": list(limits.extra_globals), "seccomp": limits.seccomp,
+                "ckpt_fd": child_fd,
+                "memfd": memfd,
+                "format": fmt,
+                "size": size,
+                "memfd_capacity": capacity,
+                "pickle_cap": max(64 * MIB, 4 * size),
+                "memory_bytes": limits.memory_bytes,
+                "cpu_seconds": limits.cpu_seconds,
+                "extra_globals": list(limits.extra_globals),
+                "seccomp": limits.seccomp,
                 "probe": probe,
             }
-            out, err, status = _spawn(json.dumps(config), program, child_fd, memfd,
-                                      limits.timeout, 64 * MIB + 2 * size, name)
+            out, err, status = _spawn(
+                json.dumps(config),
+                program,
+                child_fd,
+                memfd,
+                limits.timeout,
+                64 * MIB + 2 * size,
+                name,
+            )
         finally:
             os.close(child_fd)
-        description = _answer(out, err, status, name, limits)
+        description = _answer(out, err, status, name, fmt, limits)
         return Parsed(description, memfd, capacity)
     except BaseException:
         os.close(memfd)
         raise
 
 
-def _spawn(config: str, program: bytes, child_fd: int, memfd: int, timeout: float,
-           out_cap: int, name: str) -> tuple[bytes, bytes, int]:
+def _spawn(
+    config: str, program: bytes, child_fd: int, memfd: int, timeout: float, out_cap: int, name: str
+) -> tuple[bytes, bytes, int]:
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", "-B", "-c", BOOT, config],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        pass_fds=(child_fd, memfd), env={}, cwd="/", start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(child_fd, memfd),
+        env={},
+        cwd="/",
+        start_new_session=True,
     )
     try:
         return _communicate(proc, program, timeout, out_cap, name)
@@ -138,14 +160,13 @@ def _spawn(config: str, program: bytes, child_fd: int, memfd: int, timeout: floa
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
-def _communicate(proc: subprocess.Popen[bytes], program: bytes, timeout: float, out_cap: int,
-                 name: str) -> tuple[bytes, bytes, int]:
+def _communicate(
+    proc: subprocess.Popen[bytes], program: bytes, timeout: float, out_cap: int, name: str
+) -> tuple[bytes, bytes, int]:
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
     try:
@@ -174,8 +195,9 @@ def _communicate(proc: subprocess.Popen[bytes], program: bytes, timeout: float, 
                     if key.fd == proc.stderr.fileno():
                         continue  # keep draining, stop keeping
                     _kill_group(proc)
-                    raise SandboxCrashedError(name, "the child's answer exceeded the size "
-                                              f"bound of {out_cap} bytes")
+                    raise SandboxCrashedError(
+                        name, f"the child's answer exceeded the size bound of {out_cap} bytes"
+                    )
                 chunks[key.fd].append(data)
     left = max(0.0, deadline - time.monotonic())
     try:
@@ -183,18 +205,23 @@ def _communicate(proc: subprocess.Popen[bytes], program: bytes, timeout: float, 
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise SandboxTimeoutError(name, timeout) from None
-    return (b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]),
-            status)
+    return (b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), status)
 
 
-def _answer(out: bytes, err: bytes, status: int, name: str, limits: Limits) -> dict[str, Any]:
+def _answer(
+    out: bytes, err: bytes, status: int, name: str, fmt: str, limits: Limits
+) -> dict[str, Any]:
     tail = err.decode("utf-8", "replace").strip()[-2000:]
     if status == -signal.SIGSYS:
-        raise SandboxViolationError(name, "the child attempted a system call outside the "
-                                    "seccomp allowlist and was killed")
+        raise SandboxViolationError(
+            name, "the child attempted a system call outside the seccomp allowlist and was killed"
+        )
     if status in (-signal.SIGXCPU, -signal.SIGKILL) and limits.cpu_seconds:
-        raise SandboxCrashedError(name, f"the child was killed by signal {-status} (CPU limit "
-                                  f"{limits.cpu_seconds}s, SANDBOXLOAD_CPU_SECONDS)")
+        raise SandboxCrashedError(
+            name,
+            f"the child was killed by signal {-status} (CPU limit "
+            f"{limits.cpu_seconds}s, SANDBOXLOAD_CPU_SECONDS)",
+        )
     if status != 0:
         if "MemoryError" in tail:
             raise SandboxMemoryError(name, limits.memory_bytes)
@@ -212,13 +239,17 @@ def _answer(out: bytes, err: bytes, status: int, name: str, limits: Limits) -> d
         raise SandboxCrashedError(name, "malformed error report from the child")
     kind, message = str(error.get("kind")), str(error.get("message"))[:2000]
     if kind == "unsafe_global":
-        raise UnsafeGlobalError(name, str(error.get("module"))[:200], str(error.get("name"))[:200])
+        raise UnsafeGlobalError(
+            name, str(error.get("module"))[:200], str(error.get("name"))[:200], fmt
+        )
     if kind == "unsupported":
-        raise UnsupportedFormatError(name, "torch checkpoint", f"It uses {message}, which "
-                                     "sandboxload does not rebuild.")
+        raise UnsupportedFormatError(
+            name, "torch checkpoint", f"It uses {message}, which sandboxload does not rebuild."
+        )
     if kind == "memory":
         raise SandboxMemoryError(name, limits.memory_bytes)
     if kind == "seccomp_unavailable":
-        raise SandboxUnavailableError(name, f"the seccomp filter could not be installed in "
-                                      f"the child ({message})")
+        raise SandboxUnavailableError(
+            name, f"the seccomp filter could not be installed in the child ({message})"
+        )
     raise CorruptCheckpointError(name, message)

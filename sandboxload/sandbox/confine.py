@@ -51,8 +51,12 @@ def build_filter() -> bytes:
     for name, fd in ALLOW_ON_FD:
         flt.add_rule(sc.ALLOW, name, sc.Arg(0, sc.EQ, fd))
     for fd in FSTATAT_FDS:
-        flt.add_rule(sc.ALLOW, "newfstatat", sc.Arg(0, sc.EQ, fd),
-                     sc.Arg(3, sc.MASKED_EQ, AT_EMPTY_PATH, AT_EMPTY_PATH))
+        flt.add_rule(
+            sc.ALLOW,
+            "newfstatat",
+            sc.Arg(0, sc.EQ, fd),
+            sc.Arg(3, sc.MASKED_EQ, AT_EMPTY_PATH, AT_EMPTY_PATH),
+        )
     for name in ALLOW_NO_EXEC:
         flt.add_rule(sc.ALLOW, name, sc.Arg(2, sc.MASKED_EQ, PROT_EXEC, 0))
     with tempfile.TemporaryFile() as f:
@@ -80,8 +84,12 @@ def set_limits(memory_bytes: int, cpu_seconds: int, fsize_bytes: int) -> None:
 
 
 class _SockFilter(ctypes.Structure):
-    _fields_ = (("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
-                ("k", ctypes.c_uint))
+    _fields_ = (
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    )
 
 
 class _SockFprog(ctypes.Structure):

@@ -12,7 +12,7 @@ from protocol import SHELLS
 
 
 class Describer:
-    def __init__(self, write_region) -> None:  # noqa: ANN001
+    def __init__(self, write_region) -> None:
         self.nodes: list = []
         self.ids: dict = {}
         self.keep: list = []  # keeps every described object alive, so id() stays unique
@@ -100,7 +100,7 @@ class Describer:
                 raise u.Malformed("attribute names must be str")
         return {k: self._ref(v) for k, v in attrs.items()}
 
-    def _node(self, obj: object) -> list:  # noqa: PLR0911, PLR0912
+    def _node(self, obj: object) -> list:  # noqa: PLR0912
         t = type(obj)
         if obj is None:
             return ["none"]
@@ -122,23 +122,33 @@ class Describer:
             kind = "dict" if t is dict else "counter"
             return [kind, [[self._ref(k), self._ref(v)] for k, v in obj.items()]]
         if isinstance(obj, u.ODict):
-            return ["odict", [[self._ref(k), self._ref(v)] for k, v in obj.items()],
-                    self._attrs(vars(obj))]
+            return [
+                "odict",
+                [[self._ref(k), self._ref(v)] for k, v in obj.items()],
+                self._attrs(vars(obj)),
+            ]
         if isinstance(obj, u.NamespaceSI):
             return ["namespace", self._attrs(vars(obj))]
         if isinstance(obj, u.GenericObject):
             return ["object", obj.qualname, self._attrs(vars(obj))]
         if t is u.TensorRef:
-            return ["tensor", obj.storage.index, obj.offset, list(obj.size), list(obj.stride),
-                    obj.requires_grad, obj.dtype, obj.metadata, self._attrs(obj.attrs)]
+            return [
+                "tensor",
+                obj.storage.index,
+                obj.offset,
+                list(obj.size),
+                list(obj.stride),
+                obj.requires_grad,
+                obj.dtype,
+                obj.metadata,
+                self._attrs(obj.attrs),
+            ]
         if t is u.MetaTensorRef:
-            return ["meta_tensor", obj.dtype, list(obj.size), list(obj.stride),
-                    obj.requires_grad]
+            return ["meta_tensor", obj.dtype, list(obj.size), list(obj.stride), obj.requires_grad]
         if t is u.ParamRef:
             return ["param", self._ref(obj.data), obj.requires_grad, self._attrs(obj.attrs)]
         if t is u.DeviceTensorRef:
-            return ["device_tensor", self._ref(obj.data), obj.dtype, obj.device,
-                    obj.requires_grad]
+            return ["device_tensor", self._ref(obj.data), obj.dtype, obj.device, obj.requires_grad]
         if t is u.SizeRef:
             return ["size", list(obj.items)]
         if t is u.DeviceRef:
@@ -153,13 +163,24 @@ class Describer:
             if obj.dtype is None:
                 raise u.Malformed("numpy array without state")
             offset, nbytes = self.write_region(obj.data)
-            return ["ndarray", obj.dtype.endian + obj.dtype.code, list(obj.shape),
-                    obj.fortran, "memfd", offset, nbytes]
+            return [
+                "ndarray",
+                obj.dtype.endian + obj.dtype.code,
+                list(obj.shape),
+                obj.fortran,
+                "memfd",
+                offset,
+                nbytes,
+            ]
         if t is u.NPScalar:
-            return ["npscalar", obj.dtype.endian + obj.dtype.code,
-                    base64.b64encode(obj.data).decode("ascii")]
-        raise u.Malformed(f"the pickle produced an object of a kind that is not data "
-                          f"({t.__name__})")
+            return [
+                "npscalar",
+                obj.dtype.endian + obj.dtype.code,
+                base64.b64encode(obj.data).decode("ascii"),
+            ]
+        raise u.Malformed(
+            f"the pickle produced an object of a kind that is not data ({t.__name__})"
+        )
 
 
 def _num(x: float) -> object:

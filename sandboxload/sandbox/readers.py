@@ -61,8 +61,9 @@ class Output:
             done += n
         return start
 
-    def add_storage(self, dtype: str, nbytes: int, source: str, offset: int,
-                    location: str) -> u.StorageRef:
+    def add_storage(
+        self, dtype: str, nbytes: int, source: str, offset: int, location: str
+    ) -> u.StorageRef:
         self.storages.append([dtype, nbytes, source, offset, location])
         return u.StorageRef(len(self.storages) - 1, dtype, nbytes)
 
@@ -133,16 +134,22 @@ def read_zip(f: io.BufferedReader, fd: int, size: int, out: Output, pickle_cap: 
         nbytes = numel * DTYPE_SIZES[dtype]
         info = _info(zf, f"{prefix}/data/{key}")
         if info.compress_type != zipfile.ZIP_STORED:
-            raise u.Malformed(f"storage record data/{key} is compressed; torch never writes "
-                              "compressed storages")
+            raise u.Malformed(
+                f"storage record data/{key} is compressed; torch never writes compressed storages"
+            )
         if info.file_size != nbytes or info.compress_size != nbytes:
-            raise u.Malformed(f"storage record data/{key} holds {info.file_size} bytes, the "
-                              f"pickle says {nbytes}")
+            raise u.Malformed(
+                f"storage record data/{key} holds {info.file_size} bytes, the pickle says {nbytes}"
+            )
         start = _data_offset(fd, info, size)
         if swap and _swap_width(dtype) > 1:
-            ref = out.add_storage(dtype, nbytes, "memfd",
-                                  out.copy_range(fd, start, nbytes, _swap_width(dtype)),
-                                  _location(location))
+            ref = out.add_storage(
+                dtype,
+                nbytes,
+                "memfd",
+                out.copy_range(fd, start, nbytes, _swap_width(dtype)),
+                _location(location),
+            )
         else:
             ref = out.add_storage(dtype, nbytes, "file", start, _location(location))
         loaded[key] = ref
@@ -248,73 +255,24 @@ def _bind_views(views: list, refs: dict, out: Output) -> None:
         dtype, nbytes, source, start, location = out.storages[root.index]
         if (offset + numel) * item > nbytes:
             raise u.Malformed("storage view runs past its storage")
-        _bind(refs[view_key], out.add_storage(dtype, numel * item, source,
-                                              start + offset * item, location))
+        _bind(
+            refs[view_key],
+            out.add_storage(dtype, numel * item, source, start + offset * item, location),
+        )
 
 
 # --- legacy tar ----------------------------------------------------------------------------
 
 
 def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
-    tar = tarfile.open(fileobj=f, mode="r:")
-    members = {m.name: m for m in tar.getmembers()}
+    with tarfile.open(fileobj=f, mode="r:") as tar:
+        members = {m.name: m for m in tar.getmembers()}
     for name in ("storages", "tensors", "pickle"):
         if name not in members or not members[name].isfile():
             raise u.Malformed(f"legacy tar checkpoint without a '{name}' member")
     objects: dict = {}
-
-    stor = members["storages"]
-    sf = _Window(f, stor.offset_data, stor.size)
-    count = u.RestrictedUnpickler(sf).load()
-    if type(count) is not int or count < 0:
-        raise u.Malformed("bad storage count")
-    for _ in range(count):
-        args = u.RestrictedUnpickler(sf).load()
-        if not (isinstance(args, tuple) and len(args) == 3):
-            raise u.Malformed("bad storage header")
-        key, location, storage_type = args
-        dtype = _storage_dtype(storage_type)
-        head = sf.read(8)
-        if len(head) != 8:
-            raise u.Malformed("truncated storage")
-        numel = struct.unpack("<q", head)[0]
-        if numel < 0 or numel * DTYPE_SIZES[dtype] > sf.remaining():
-            raise u.Malformed("storage size runs past its member")
-        nbytes = numel * DTYPE_SIZES[dtype]
-        start = out.copy_range(fd, sf.absolute(), nbytes)
-        sf.skip(nbytes)
-        objects[key] = out.add_storage(dtype, nbytes, "memfd", start, _location(location))
-    for view in u.RestrictedUnpickler(sf).load():
-        if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
-            raise u.Malformed("bad storage view")
-        target, root_key, offset, numel = view
-        root = objects[root_key]
-        item = DTYPE_SIZES[root.dtype]
-        dtype, nbytes, source, start, location = out.storages[root.index]
-        if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0 or \
-                (offset + numel) * item > nbytes:
-            raise u.Malformed("storage view runs past its storage")
-        objects[target] = out.add_storage(dtype, numel * item, source, start + offset * item,
-                                          location)
-
-    tens = members["tensors"]
-    tf = _Window(f, tens.offset_data, tens.size)
-    count = u.RestrictedUnpickler(tf).load()
-    if type(count) is not int or count < 0:
-        raise u.Malformed("bad tensor count")
-    for _ in range(count):
-        args = u.RestrictedUnpickler(tf).load()
-        if not (isinstance(args, tuple) and len(args) == 3) or args[1] not in objects:
-            raise u.Malformed("bad tensor header")
-        key, storage_id, _tensor_type = args
-        (ndim,) = struct.unpack("<i", tf.read_exact(4))
-        tf.read_exact(4)
-        if not 0 <= ndim <= 64:
-            raise u.Malformed("bad tensor rank")
-        size = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
-        stride = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
-        (offset,) = struct.unpack("<q", tf.read_exact(8))
-        objects[key] = u.rebuild_tensor(objects[storage_id], offset, size, stride)
+    _tar_storages(_Window(f, members["storages"]), fd, out, objects)
+    _tar_tensors(_Window(f, members["tensors"]), objects)
 
     def persistent_load(pid: object) -> object:
         if isinstance(pid, tuple):
@@ -325,15 +283,59 @@ def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
         except (KeyError, ValueError, TypeError):
             raise u.Malformed("unknown tensor key") from None
 
-    pick = members["pickle"]
-    return u.RestrictedUnpickler(_Window(f, pick.offset_data, pick.size), persistent_load).load()
+    return u.RestrictedUnpickler(_Window(f, members["pickle"]), persistent_load).load()
+
+
+def _count(w: "_Window", what: str) -> int:
+    count = u.RestrictedUnpickler(w).load()
+    if type(count) is not int or count < 0:
+        raise u.Malformed(f"bad {what} count")
+    return count
+
+
+def _tar_storages(sf: "_Window", fd: int, out: Output, objects: dict) -> None:
+    for _ in range(_count(sf, "storage")):
+        args = u.RestrictedUnpickler(sf).load()
+        if not (isinstance(args, tuple) and len(args) == 3):
+            raise u.Malformed("bad storage header")
+        key, location, storage_type = args
+        dtype = _storage_dtype(storage_type)
+        numel = struct.unpack("<q", sf.read_exact(8))[0]
+        nbytes = numel * DTYPE_SIZES[dtype]
+        if numel < 0 or nbytes > sf.remaining():
+            raise u.Malformed("storage size runs past its member")
+        start = out.copy_range(fd, sf.absolute(), nbytes)
+        sf.skip(nbytes)
+        objects[key] = out.add_storage(dtype, nbytes, "memfd", start, _location(location))
+    for view in u.RestrictedUnpickler(sf).load():
+        if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
+            raise u.Malformed("bad storage view")
+        target, root_key, offset, numel = view
+        objects[target] = u.StorageRef(-1, "uint8", 0)
+        _bind_views([(target, root_key, offset, numel)], objects, out)
+
+
+def _tar_tensors(tf: "_Window", objects: dict) -> None:
+    for _ in range(_count(tf, "tensor")):
+        args = u.RestrictedUnpickler(tf).load()
+        if not (isinstance(args, tuple) and len(args) == 3) or args[1] not in objects:
+            raise u.Malformed("bad tensor header")
+        key, storage_id, _tensor_type = args
+        (ndim,) = struct.unpack("<i", tf.read_exact(4))
+        tf.read_exact(4)  # legacy encoding treated ndim as 8 bytes
+        if not 0 <= ndim <= 64:
+            raise u.Malformed("bad tensor rank")
+        size = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
+        stride = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
+        (offset,) = struct.unpack("<q", tf.read_exact(8))
+        objects[key] = u.rebuild_tensor(objects[storage_id], offset, size, stride)
 
 
 class _Window(io.RawIOBase):
     """A read-only view of ``size`` bytes of ``f`` starting at ``start`` (a tar member)."""
 
-    def __init__(self, f: io.BufferedReader, start: int, size: int) -> None:
-        self.f, self.start, self.size, self.pos = f, start, size, 0
+    def __init__(self, f: io.BufferedReader, member: tarfile.TarInfo) -> None:
+        self.f, self.start, self.size, self.pos = f, member.offset_data, member.size, 0
 
     def readable(self) -> bool:
         return True
@@ -351,7 +353,7 @@ class _Window(io.RawIOBase):
     def read_exact(self, n: int) -> bytes:
         data = self.read(n)
         if len(data) != n:
-            raise u.Malformed("truncated tensor header")
+            raise u.Malformed("truncated tar member")
         return data
 
     def remaining(self) -> int:

@@ -30,8 +30,9 @@ from .protocol import DTYPE_SIZES, SHELLS, VERSION
 MAX_DIMS = 64
 MAX_ELEMENTS = 1 << 62
 _NUMPY_DESCR = re.compile(r"[<>|=][biufc][0-9]{1,2}")
-_TORCH_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values()
-                 if isinstance(d, torch.dtype)}
+_TORCH_DTYPES = {
+    str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)
+}
 
 
 class Invalid(Exception):
@@ -59,9 +60,16 @@ def _str(value: Any, what: str, limit: int = 256) -> str:
 
 
 class Rebuilder:
-    def __init__(self, name: str, map_location: Any, file_storage: Callable[[], Any],
-                 memfd_storage: Callable[[], Any], file_size: int, memfd_used: int,
-                 extra_globals: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        map_location: Any,
+        file_storage: Callable[[], Any],
+        memfd_storage: Callable[[], Any],
+        file_size: int,
+        memfd_used: int,
+        extra_globals: tuple[str, ...],
+    ) -> None:
         self.name = name
         self.map_location = map_location
         self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_used)}
@@ -98,10 +106,7 @@ class Rebuilder:
             offset = _int(offset, "storage offset", 0, limit)
             _check(offset + nbytes <= limit, "storage lies outside its source")
             location = _str(location, "storage location", 64)
-            if nbytes:
-                storage = getter()[offset : offset + nbytes]
-            else:
-                storage = torch.UntypedStorage(0)
+            storage = getter()[offset : offset + nbytes] if nbytes else torch.UntypedStorage(0)
             storage = self._restore(storage, location)
             if isinstance(storage, torch.TypedStorage):
                 storage = storage.untyped_storage()
@@ -164,10 +169,14 @@ class Rebuilder:
             raise UnsafeGlobalError(self.name, module, name)
         module, _, name = dotted.rpartition(".")
         cls = getattr(importlib.import_module(module), name, None)
-        _check(isinstance(cls, type) and cls.__new__ is object.__new__
-               and "__setstate__" not in vars(cls) and hasattr(cls, "__dict__")
-               and not issubclass(cls, (torch.Tensor, BaseException)),
-               f"{dotted} is not a plain data class that can be rebuilt without running code")
+        _check(
+            isinstance(cls, type)
+            and cls.__new__ is object.__new__
+            and "__setstate__" not in vars(cls)
+            and hasattr(cls, "__dict__")
+            and not issubclass(cls, (torch.Tensor, BaseException)),
+            f"{dotted} is not a plain data class that can be rebuilt without running code",
+        )
         return object.__new__(cls)
 
     def _attrs(self, value: Any) -> dict[str, Any]:
@@ -212,7 +221,7 @@ class Rebuilder:
         except TypeError as exc:  # an unhashable key, as pickle itself would fail
             raise Invalid(f"{kind}: {exc}") from None
 
-    def _leaf(self, node: list[Any]) -> Any:  # noqa: PLR0911, PLR0912
+    def _leaf(self, node: list[Any]) -> Any:  # noqa: PLR0912
         kind, args = node[0], node[1:]
         if kind == "none":
             return None
@@ -253,8 +262,10 @@ class Rebuilder:
             _check(len(args) == 1 and args[0] in _TORCH_DTYPES, "dtype")
             return _TORCH_DTYPES[args[0]]
         if kind == "layout":
-            _check(len(args) == 1 and isinstance(getattr(torch, str(args[0]), None),
-                                                 torch.layout), "layout")
+            _check(
+                len(args) == 1 and isinstance(getattr(torch, str(args[0]), None), torch.layout),
+                "layout",
+            )
             return getattr(torch, args[0])
         if kind == "tensor":
             return self._tensor(args)
@@ -262,8 +273,9 @@ class Rebuilder:
             _check(len(args) == 4 and args[0] in DTYPE_SIZES and type(args[3]) is bool, "meta")
             size, stride = _ints(args[1], "size"), _ints(args[2], "stride")
             _check(len(size) == len(stride), "meta tensor rank")
-            return torch.empty_strided(size, stride, dtype=_TORCH_DTYPES[args[0]],
-                                       device="meta", requires_grad=args[3])
+            return torch.empty_strided(
+                size, stride, dtype=_TORCH_DTYPES[args[0]], device="meta", requires_grad=args[3]
+            )
         if kind == "param":
             _check(len(args) == 3 and type(args[1]) is bool, "param")
             data = self.ref(args[0])
@@ -299,8 +311,11 @@ class Rebuilder:
             t.requires_grad_(True)
         _check(isinstance(metadata, dict), "tensor metadata")
         if metadata:
-            _check(set(metadata) <= {"conj", "neg"} and
-                   all(type(v) is bool for v in metadata.values()), "tensor metadata")
+            _check(
+                set(metadata) <= {"conj", "neg"}
+                and all(type(v) is bool for v in metadata.values()),
+                "tensor metadata",
+            )
             torch._utils.set_tensor_metadata(t, metadata)
         for k, v in self._attrs(attrs).items():
             setattr(t, k, v)
@@ -310,8 +325,10 @@ class Rebuilder:
         _check(len(args) == 4 and args[1] in _TORCH_DTYPES and type(args[3]) is bool, "tensor")
         data = self.ref(args[0])
         if not isinstance(data, torch.Tensor):
-            _check(type(data).__module__ == "numpy" and type(data).__name__ == "ndarray",
-                   "device tensor data")
+            _check(
+                type(data).__module__ == "numpy" and type(data).__name__ == "ndarray",
+                "device tensor data",
+            )
             data = torch.from_numpy(data)
         location = _str(args[2], "device")
         target = self._restore(torch.UntypedStorage(0), location).device

@@ -17,9 +17,13 @@ MIB = 1 << 20
 
 def limits(pol: Policy, size: int) -> client.Limits:
     memory = pol.memory_mb * MIB if pol.memory_mb else 1024 * MIB + 2 * size
-    return client.Limits(timeout=pol.timeout, memory_bytes=memory,
-                         cpu_seconds=pol.cpu_seconds, seccomp=pol.seccomp,
-                         extra_globals=pol.allow_globals)
+    return client.Limits(
+        timeout=pol.timeout,
+        memory_bytes=memory,
+        cpu_seconds=pol.cpu_seconds,
+        seccomp=pol.seccomp,
+        extra_globals=pol.allow_globals,
+    )
 
 
 def _mapping(fd: int, nbytes: int) -> Callable[[], Any]:
@@ -36,16 +40,27 @@ def _mapping(fd: int, nbytes: int) -> Callable[[], Any]:
     return get
 
 
-def load(fd: int, size: int, fmt: str, name: str, pol: Policy, map_location: Any,
-         probe: str | None = None) -> Any:
+def load(
+    fd: int,
+    size: int,
+    fmt: str,
+    name: str,
+    pol: Policy,
+    map_location: Any,
+    probe: str | None = None,
+) -> Any:
     """Parse in the sandbox, then validate and build in this process."""
     parsed = client.run(fd, size, fmt, name, limits(pol, size), probe=probe)
     try:
         return rebuild(
-            parsed.description, name, map_location=map_location,
-            file_storage=_mapping(fd, size), memfd_storage=_mapping(parsed.memfd,
-                                                                    parsed.memfd_capacity),
-            file_size=size, memfd_used=parsed.memfd_capacity, extra_globals=pol.allow_globals,
+            parsed.description,
+            name,
+            map_location=map_location,
+            file_storage=_mapping(fd, size),
+            memfd_storage=_mapping(parsed.memfd, parsed.memfd_capacity),
+            file_size=size,
+            memfd_used=parsed.memfd_capacity,
+            extra_globals=pol.allow_globals,
         )
     finally:
         os.close(parsed.memfd)
@@ -59,9 +74,12 @@ def memfd_from_bytes(data: bytes, name: str = "sandboxload-in") -> int:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
-                    | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
+        )
     except BaseException:
         os.close(fd)
         raise

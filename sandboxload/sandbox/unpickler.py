@@ -91,11 +91,27 @@ class DeviceRef:
 
 
 class TensorRef:
-    __slots__ = ("attrs", "dtype", "metadata", "offset", "requires_grad", "size", "storage",
-                 "stride")
+    __slots__ = (
+        "attrs",
+        "dtype",
+        "metadata",
+        "offset",
+        "requires_grad",
+        "size",
+        "storage",
+        "stride",
+    )
 
-    def __init__(self, storage: StorageRef, offset: int, size: tuple, stride: tuple,
-                 requires_grad: bool, dtype: str, metadata: dict) -> None:
+    def __init__(
+        self,
+        storage: StorageRef,
+        offset: int,
+        size: tuple,
+        stride: tuple,
+        requires_grad: bool,
+        dtype: str,
+        metadata: dict,
+    ) -> None:
         self.storage = storage
         self.offset = offset
         self.size = size
@@ -185,7 +201,7 @@ class NDArray:
 
     def __init__(self) -> None:
         self.shape: tuple = ()
-        self.dtype: "NPDType | None" = None
+        self.dtype: NPDType | None = None
         self.fortran = False
         self.data = b""
 
@@ -193,8 +209,10 @@ class NDArray:
         _need(isinstance(state, tuple) and len(state) == 5, "numpy array state")
         _version, shape, dtype, fortran, data = state
         _need(isinstance(dtype, NPDType), "numpy array dtype")
-        _need(isinstance(data, (bytes, bytearray)), "numpy array data must be bytes "
-              "(object arrays are refused)")
+        _need(
+            isinstance(data, (bytes, bytearray)),
+            "numpy array data must be bytes (object arrays are refused)",
+        )
         self.shape = _ints(shape, "numpy array shape")
         self.dtype = dtype
         self.fortran = bool(fortran)
@@ -213,52 +231,73 @@ class NPScalar:
 
 
 def _hooks_empty(hooks: object) -> None:
-    _need(hooks is None or (isinstance(hooks, dict) and not hooks),
-          "tensor backward hooks must be empty")
+    _need(
+        hooks is None or (isinstance(hooks, dict) and not hooks),
+        "tensor backward hooks must be empty",
+    )
 
 
 def _metadata(value: object) -> dict:
     if value is None:
         return {}
-    _need(isinstance(value, dict) and all(k in ("conj", "neg") and type(v) is bool
-                                          for k, v in value.items()), "tensor metadata")
+    _need(
+        isinstance(value, dict)
+        and all(k in ("conj", "neg") and type(v) is bool for k, v in value.items()),
+        "tensor metadata",
+    )
     return dict(value)
 
 
-def _tensor(storage: object, offset: object, size: object, stride: object,
-            requires_grad: object, dtype: "str | None", metadata: object) -> TensorRef:
+def _tensor(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object,
+    dtype: "str | None",
+    metadata: object,
+) -> TensorRef:
     _need(isinstance(storage, StorageRef), "tensor storage must be a storage reference")
     _need(type(offset) is int, "tensor storage offset must be an int")
     _need(type(requires_grad) is bool, "requires_grad must be a bool")
-    return TensorRef(storage, offset, _ints(size, "tensor size"), _ints(stride, "tensor stride"),
-                     requires_grad, dtype or storage.dtype, _metadata(metadata))
+    return TensorRef(
+        storage,
+        offset,
+        _ints(size, "tensor size"),
+        _ints(stride, "tensor stride"),
+        requires_grad,
+        dtype or storage.dtype,
+        _metadata(metadata),
+    )
 
 
-def rebuild_tensor(storage, storage_offset, size, stride):  # noqa: ANN001, ANN201
+def rebuild_tensor(storage, storage_offset, size, stride):
     return _tensor(storage, storage_offset, size, stride, False, None, None)
 
 
-def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks,  # noqa: ANN001, ANN201
-                      metadata=None):
+def rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None
+):
     _hooks_empty(backward_hooks)
     return _tensor(storage, storage_offset, size, stride, requires_grad, None, metadata)
 
 
-def rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,  # noqa: ANN001, ANN201
-                      dtype, metadata=None):
+def rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
     _hooks_empty(backward_hooks)
     _need(isinstance(dtype, DType), "tensor dtype")
     return _tensor(storage, storage_offset, size, stride, requires_grad, dtype.name, metadata)
 
 
-def rebuild_parameter(data, requires_grad, backward_hooks):  # noqa: ANN001, ANN201
+def rebuild_parameter(data, requires_grad, backward_hooks):
     _hooks_empty(backward_hooks)
     _need(isinstance(data, (TensorRef, MetaTensorRef, DeviceTensorRef)), "parameter data")
     _need(type(requires_grad) is bool, "requires_grad must be a bool")
     return ParamRef(data, requires_grad)
 
 
-def rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):  # noqa: ANN001, ANN201
+def rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     param = rebuild_parameter(data, requires_grad, backward_hooks)
     param.attrs = _obj_state(state)
     return param
@@ -275,8 +314,10 @@ def _obj_state(state: object) -> dict:
         state = merged
     _need(state is None or isinstance(state, dict), "object state")
     attrs = dict(state or {})
-    _need(all(isinstance(k, str) and k.isidentifier() and not k.startswith("__")
-              for k in attrs), "attribute names must be plain identifiers")
+    _need(
+        all(isinstance(k, str) and k.isidentifier() and not k.startswith("__") for k in attrs),
+        "attribute names must be plain identifiers",
+    )
     return attrs
 
 
@@ -291,7 +332,7 @@ TENSOR_CLASS = _TensorClass("Tensor")
 PARAMETER_CLASS = _TensorClass("Parameter")
 
 
-def rebuild_from_type_v2(func, new_type, args, state):  # noqa: ANN001, ANN201
+def rebuild_from_type_v2(func, new_type, args, state):
     _need(callable(func) and func in REBUILDERS, "rebuild function")
     _need(isinstance(args, tuple), "rebuild arguments")
     _need(new_type in (TENSOR_CLASS, PARAMETER_CLASS), "tensor subclass")
@@ -303,68 +344,70 @@ def rebuild_from_type_v2(func, new_type, args, state):  # noqa: ANN001, ANN201
     return result
 
 
-def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad):  # noqa: ANN001, ANN201
+def rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad):
     _need(isinstance(dtype, DType) and type(requires_grad) is bool, "meta tensor")
     return MetaTensorRef(dtype.name, _ints(size, "size"), _ints(stride, "stride"), requires_grad)
 
 
-def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):  # noqa: ANN001, ANN201
+def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
     _need(isinstance(data, TensorRef) and isinstance(dtype, DType), "device tensor")
     _need(isinstance(device, str) and type(requires_grad) is bool, "device tensor")
     return DeviceTensorRef(data, dtype.name, device, requires_grad)
 
 
-def rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):  # noqa: ANN001, ANN201
+def rebuild_device_tensor_from_numpy(data, dtype, device, requires_grad):
     _need(isinstance(data, NDArray) and isinstance(dtype, DType), "device tensor")
     _need(isinstance(device, str) and type(requires_grad) is bool, "device tensor")
     return DeviceTensorRef(data, dtype.name, device, requires_grad)
 
 
-def _unsupported(what: str):  # noqa: ANN202
+def _unsupported(what: str):
     def stand_in(*_args: object) -> None:
         raise Unsupported(what)
 
     return stand_in
 
 
-def make_size(items=()):  # noqa: ANN001, ANN201
+def make_size(items=()):
     return SizeRef(_ints(items, "torch.Size"))
 
 
-def make_device(type_, index=None):  # noqa: ANN001, ANN201
+def make_device(type_, index=None):
     _need(isinstance(type_, str) and len(type_) < 64, "torch.device type")
     _need(index is None or type(index) is int, "torch.device index")
     return DeviceRef(type_, index)
 
 
-def codecs_encode(obj, encoding="utf-8", errors="strict"):  # noqa: ANN001, ANN201
+def codecs_encode(obj, encoding="utf-8", errors="strict"):
     """How protocol-2 pickles spell bytes: _codecs.encode(str, 'latin1')."""
-    _need(isinstance(obj, str) and encoding in ("latin1", "latin-1") and errors == "strict",
-          "_codecs.encode is only accepted for latin1 text (pickled bytes)")
+    _need(
+        isinstance(obj, str) and encoding in ("latin1", "latin-1") and errors == "strict",
+        "_codecs.encode is only accepted for latin1 text (pickled bytes)",
+    )
     return obj.encode("latin1")
 
 
-def make_bytearray(data=b""):  # noqa: ANN001, ANN201
+def make_bytearray(data=b""):
     _need(isinstance(data, (bytes, bytearray)), "bytearray takes bytes here")
     return bytearray(data)
 
 
-def make_set(items=()):  # noqa: ANN001, ANN201
+def make_set(items=()):
     _need(isinstance(items, (list, tuple)), "set takes a list")
     return set(items)
 
 
-def make_frozenset(items=()):  # noqa: ANN001, ANN201
+def make_frozenset(items=()):
     _need(isinstance(items, (list, tuple)), "frozenset takes a list")
     return frozenset(items)
 
 
-def make_complex(real=0.0, imag=0.0):  # noqa: ANN001, ANN201
+def make_complex(real=0.0, imag=0.0):
     _need(type(real) in (int, float) and type(imag) in (int, float), "complex takes numbers")
     return complex(real, imag)
 
 
-def make_odict(items=None):  # noqa: ANN001, ANN201
+def make_odict(items=None):
     out = ODict()
     if items is not None:
         _need(isinstance(items, (list, tuple)), "OrderedDict items")
@@ -374,7 +417,7 @@ def make_odict(items=None):  # noqa: ANN001, ANN201
     return out
 
 
-def make_counter(mapping=None):  # noqa: ANN001, ANN201
+def make_counter(mapping=None):
     out = CounterSI()
     if mapping is not None:
         _need(isinstance(mapping, dict), "Counter takes a dict")
@@ -382,17 +425,17 @@ def make_counter(mapping=None):  # noqa: ANN001, ANN201
     return out
 
 
-def np_reconstruct(cls, shape, dtype_code):  # noqa: ANN001, ANN201
+def np_reconstruct(cls, shape, dtype_code):
     _need(cls is NDArrayType, "numpy _reconstruct only builds ndarray")
     return NDArray()
 
 
-def np_scalar(dtype, data=None):  # noqa: ANN001, ANN201
+def np_scalar(dtype, data=None):
     _need(isinstance(dtype, NPDType) and isinstance(data, bytes), "numpy scalar")
     return NPScalar(dtype, data)
 
 
-def np_frombuffer(buf, dtype, shape, order):  # noqa: ANN001, ANN201
+def np_frombuffer(buf, dtype, shape, order):
     _need(isinstance(buf, (bytes, bytearray)) and isinstance(dtype, NPDType), "numpy buffer")
     _need(order in ("C", "F"), "numpy order")
     arr = NDArray()
@@ -403,17 +446,26 @@ def np_frombuffer(buf, dtype, shape, order):  # noqa: ANN001, ANN201
     return arr
 
 
-def copyreg_reconstructor(cls, base, state):  # noqa: ANN001, ANN201
+def copyreg_reconstructor(cls, base, state):
     """Protocol 0/1 spelling of ``cls.__new__(cls)``, only for stand-in classes."""
     _need(base is object and state is None, "copyreg._reconstructor base")
-    _need(isinstance(cls, type) and issubclass(cls, (NamespaceSI, GenericObject)),
-          "copyreg._reconstructor class")
+    _need(
+        isinstance(cls, type) and issubclass(cls, (NamespaceSI, GenericObject)),
+        "copyreg._reconstructor class",
+    )
     return cls.__new__(cls)
 
 
-REBUILDERS = {rebuild_tensor, rebuild_tensor_v2, rebuild_tensor_v3, rebuild_parameter,
-              rebuild_parameter_with_state, rebuild_meta_tensor_no_storage,
-              rebuild_device_tensor_from_cpu_tensor, rebuild_device_tensor_from_numpy}
+REBUILDERS = {
+    rebuild_tensor,
+    rebuild_tensor_v2,
+    rebuild_tensor_v3,
+    rebuild_parameter,
+    rebuild_parameter_with_state,
+    rebuild_meta_tensor_no_storage,
+    rebuild_device_tensor_from_cpu_tensor,
+    rebuild_device_tensor_from_numpy,
+}
 
 
 def _build_allowlist() -> dict:
@@ -439,16 +491,23 @@ def _build_allowlist() -> dict:
         ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter_with_state,
         ("torch._utils", "_rebuild_meta_tensor_no_storage"): rebuild_meta_tensor_no_storage,
-        ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor"):
-            rebuild_device_tensor_from_cpu_tensor,
+        (
+            "torch._utils",
+            "_rebuild_device_tensor_from_cpu_tensor",
+        ): rebuild_device_tensor_from_cpu_tensor,
         ("torch._utils", "_rebuild_device_tensor_from_numpy"): rebuild_device_tensor_from_numpy,
         ("torch._utils", "_rebuild_xla_tensor"): rebuild_device_tensor_from_numpy,
         ("torch.serialization", "_get_layout"): lambda name: Layout(str(name)),
     }
-    for fn in ("_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor",
-               "_rebuild_wrapper_subclass"):
-        table[("torch._utils", fn)] = _unsupported(f"torch._utils.{fn} (quantized, sparse, "
-                                                   "nested or subclass tensors)")
+    for fn in (
+        "_rebuild_qtensor",
+        "_rebuild_sparse_tensor",
+        "_rebuild_nested_tensor",
+        "_rebuild_wrapper_subclass",
+    ):
+        table[("torch._utils", fn)] = _unsupported(
+            f"torch._utils.{fn} (quantized, sparse, nested or subclass tensors)"
+        )
     for name, dtype in {**STORAGE_TYPES_BY_NAME}.items():
         table[("torch", name)] = StorageType(dtype)
         table[("torch.cuda", name)] = StorageType(dtype)
@@ -487,7 +546,7 @@ def configure(storage_dtypes: dict, dtype_names: tuple, extra_globals: tuple) ->
 class RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler whose globals are the stand-ins above; nothing else resolves."""
 
-    def __init__(self, file, persistent_load=None) -> None:  # noqa: ANN001
+    def __init__(self, file, persistent_load=None) -> None:
         # torch.load decodes Python 2 strings as utf-8; so does this.
         super().__init__(file, encoding="utf-8")
         self._persistent = persistent_load

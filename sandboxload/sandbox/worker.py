@@ -24,7 +24,7 @@ def _emit(payload: dict) -> None:
     data = json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
     view = memoryview(data)
     while view:
-        view = view[os.write(1, view):]
+        view = view[os.write(1, view) :]
 
 
 def _error(kind: str, message: str, **extra: object) -> dict:
@@ -47,8 +47,13 @@ def parse(config: dict) -> dict:
         _probe(config["probe"])
     d = describe.Describer(out.write_bytes)
     root_id = d.describe(root)
-    return {"version": VERSION, "root": root_id, "nodes": d.nodes, "storages": out.storages,
-            "memfd_used": out.pos}
+    return {
+        "version": VERSION,
+        "root": root_id,
+        "nodes": d.nodes,
+        "storages": out.storages,
+        "memfd_used": out.pos,
+    }
 
 
 def _probe(what: str) -> None:
