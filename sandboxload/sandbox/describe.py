@@ -89,6 +89,8 @@ class Describer:
             return extra + list(obj.attrs.values())
         if isinstance(obj, u.DeviceTensorRef):
             return [obj.data]
+        if isinstance(obj, (u.NDArray, u.NPScalar)):
+            return [obj.dtype]
         return []
 
     def _ref(self, obj: object) -> int:
@@ -158,26 +160,26 @@ class Describer:
         if t is u.Layout:
             return ["layout", obj.name]
         if t is u.NPDType:
-            return ["npdtype", obj.endian + obj.code]
+            state = None if obj.state is None else list(obj.state)
+            return ["npdtype", obj.code, obj.align, obj.copy, state]
         if t is u.NDArray:
             if obj.dtype is None:
                 raise u.Malformed("numpy array without state")
             offset, nbytes = self.write_region(obj.data)
+            dtype = self._ref(obj.dtype)
             return [
                 "ndarray",
-                obj.dtype.endian + obj.dtype.code,
+                obj.via,
+                obj.version,
+                dtype,
                 list(obj.shape),
                 obj.fortran,
-                "memfd",
                 offset,
                 nbytes,
             ]
         if t is u.NPScalar:
-            return [
-                "npscalar",
-                obj.dtype.endian + obj.dtype.code,
-                base64.b64encode(obj.data).decode("ascii"),
-            ]
+            data = base64.b64encode(obj.data).decode("ascii")
+            return ["npscalar", self._ref(obj.dtype), data]
         raise u.Malformed(
             f"the pickle produced an object of a kind that is not data ({t.__name__})"
         )

@@ -29,7 +29,7 @@ from .protocol import DTYPE_SIZES, SHELLS, VERSION
 
 MAX_DIMS = 64
 MAX_ELEMENTS = 1 << 62
-_NUMPY_DESCR = re.compile(r"[<>|=][biufc][0-9]{1,2}")
+_NUMPY_CODE = re.compile(r"[<>|=]?[biufc?][0-9]{0,2}")
 _TORCH_DTYPES = {
     str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)
 }
@@ -337,28 +337,65 @@ class Rebuilder:
         return t
 
     def _numpy(self, kind: str, args: list[Any]) -> Any:
+        """Replay numpy's own unpickling calls, on validated plain values only."""
         import numpy as np
 
-        descr = _str(args[0] if args else None, "numpy dtype", 8)
-        _check(_NUMPY_DESCR.fullmatch(descr) is not None, "numpy dtype must be plain numeric")
-        dtype = np.dtype(descr)
         if kind == "npdtype":
+            _check(len(args) == 4, "numpy dtype")
+            code, align, copy, state = args
+            _check(
+                _NUMPY_CODE.fullmatch(_str(code, "numpy dtype", 8)) is not None,
+                "numpy dtype must be plain numeric",
+            )
+            _check(type(align) is bool and type(copy) is bool, "numpy dtype flags")
+            dtype = np.dtype(code, align, copy)
+            if state is not None:
+                _check(
+                    isinstance(state, list)
+                    and 0 < len(state) <= 9
+                    and all(x is None or type(x) in (int, str) for x in state)
+                    and all(x is None for x in state[2:5]),
+                    "numpy dtype state",
+                )
+                dtype.__setstate__(tuple(state))
+            _check(
+                dtype.kind in "biufc" and dtype.fields is None and not dtype.hasobject,
+                "numpy dtype must be plain numeric",
+            )
             return dtype
+        dtype = self.ref(args[2] if kind == "ndarray" else args[0])
+        _check(isinstance(dtype, np.dtype), "numpy dtype reference")
         if kind == "npscalar":
+            _check(len(args) == 2, "numpy scalar")
             raw = base64.b64decode(_str(args[1], "numpy scalar", 64), validate=True)
             _check(len(raw) == dtype.itemsize, "numpy scalar size")
-            return np.frombuffer(raw, dtype=dtype)[0].copy()
-        _check(len(args) == 6 and args[3] == "memfd" and type(args[2]) is bool, "ndarray")
-        shape = _ints(args[1], "shape")
-        count = math.prod(shape)
+            return _np_module("multiarray").scalar(dtype, raw)
+        _check(len(args) == 7 and args[0] in ("reconstruct", "frombuffer"), "ndarray")
+        via, version, _, shape, fortran, offset, nbytes = args
+        shape = tuple(_ints(shape, "shape"))
+        _check(type(fortran) is bool and type(version) is int, "ndarray")
         _, limit = self.sources["memfd"]
-        offset, nbytes = _int(args[4], "offset", 0, limit), _int(args[5], "nbytes", 0, limit)
-        _check(nbytes == count * dtype.itemsize and offset + nbytes <= limit, "ndarray bounds")
-        if nbytes == 0:
-            return np.empty(shape, dtype=dtype, order="F" if args[2] else "C")
-        storage = self.sources["memfd"][0]()[offset : offset + nbytes]
-        raw = torch.empty((0,), dtype=torch.uint8).set_(storage, 0, (nbytes,), (1,)).numpy()
-        return raw.view(dtype).reshape(shape, order="F" if args[2] else "C")
+        offset, nbytes = _int(offset, "offset", 0, limit), _int(nbytes, "nbytes", 0, limit)
+        _check(
+            nbytes == math.prod(shape) * dtype.itemsize and offset + nbytes <= limit,
+            "ndarray bounds",
+        )
+        raw = b""
+        if nbytes:
+            storage = self.sources["memfd"][0]()[offset : offset + nbytes]
+            raw = bytes(storage)
+        if via == "frombuffer":
+            return _np_module("numeric")._frombuffer(raw, dtype, shape, "F" if fortran else "C")
+        arr = _np_module("multiarray")._reconstruct(np.ndarray, (0,), b"b")
+        arr.__setstate__((version, shape, dtype, fortran, raw))
+        return arr
+
+
+def _np_module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:  # numpy 1.x
+        return importlib.import_module(f"numpy.core.{name}")
 
 
 def _float(args: list[Any]) -> float:

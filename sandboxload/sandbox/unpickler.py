@@ -61,6 +61,15 @@ class StorageType:
         self.dtype = dtype
 
 
+class TensorTypeTag:
+    """torch.FloatTensor and friends: only ever a label in legacy files."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class DType:
     __slots__ = ("name",)
 
@@ -176,20 +185,22 @@ class GenericObject:
 
 
 class NPDType:
-    __slots__ = ("code", "endian")
+    """numpy.dtype(code, align, copy) plus its BUILD state, kept as plain data."""
 
-    def __init__(self, code: object, align: object = False, copy: object = True) -> None:
+    __slots__ = ("align", "code", "copy", "state")
+
+    def __init__(self, code: object, align: object = False, copy: object = False) -> None:
         _need(isinstance(code, str) and len(code) <= 8, "numpy dtype code must be a short str")
-        self.code = code
-        self.endian = "="
+        _need(type(align) is bool and type(copy) is bool, "numpy dtype flags")
+        self.code, self.align, self.copy = code, align, copy
+        self.state: tuple | None = None
 
     def __setstate__(self, state: object) -> None:
-        _need(isinstance(state, tuple) and len(state) >= 6, "numpy dtype state")
-        endian, subdescr, names, fields = state[1:5]
-        if subdescr is not None or names is not None or fields is not None:
+        _need(isinstance(state, tuple) and 0 < len(state) <= 9, "numpy dtype state")
+        if any(x is not None for x in state[2:5]):
             raise Unsupported("structured or sub-array numpy dtypes")
-        _need(endian in ("<", ">", "|", "="), "numpy dtype byte order")
-        self.endian = endian
+        _need(all(x is None or type(x) in (int, str) for x in state), "numpy dtype state")
+        self.state = state
 
 
 class NDArrayType:
@@ -197,9 +208,14 @@ class NDArrayType:
 
 
 class NDArray:
-    __slots__ = ("data", "dtype", "fortran", "shape")
+    """An ndarray as numpy pickles it: built by ``_reconstruct`` then ``__setstate__``, or by
+    ``_frombuffer``; the parent replays the same numpy calls on validated plain values."""
+
+    __slots__ = ("data", "dtype", "fortran", "shape", "version", "via")
 
     def __init__(self) -> None:
+        self.via = "reconstruct"
+        self.version = 1
         self.shape: tuple = ()
         self.dtype: NPDType | None = None
         self.fortran = False
@@ -207,12 +223,13 @@ class NDArray:
 
     def __setstate__(self, state: object) -> None:
         _need(isinstance(state, tuple) and len(state) == 5, "numpy array state")
-        _version, shape, dtype, fortran, data = state
-        _need(isinstance(dtype, NPDType), "numpy array dtype")
+        version, shape, dtype, fortran, data = state
+        _need(type(version) is int and isinstance(dtype, NPDType), "numpy array dtype")
         _need(
             isinstance(data, (bytes, bytearray)),
             "numpy array data must be bytes (object arrays are refused)",
         )
+        self.version = version
         self.shape = _ints(shape, "numpy array shape")
         self.dtype = dtype
         self.fortran = bool(fortran)
@@ -392,6 +409,12 @@ def make_bytearray(data=b""):
     return bytearray(data)
 
 
+def make_bytes(data=b""):
+    """Protocol 2 spells empty bytes as builtins.bytes()."""
+    _need(isinstance(data, (bytes, bytearray)), "bytes takes bytes here")
+    return bytes(data)
+
+
 def make_set(items=()):
     _need(isinstance(items, (list, tuple)), "set takes a list")
     return set(items)
@@ -439,6 +462,7 @@ def np_frombuffer(buf, dtype, shape, order):
     _need(isinstance(buf, (bytes, bytearray)) and isinstance(dtype, NPDType), "numpy buffer")
     _need(order in ("C", "F"), "numpy order")
     arr = NDArray()
+    arr.via = "frombuffer"
     arr.shape = _ints(shape, "numpy shape")
     arr.dtype = dtype
     arr.fortran = order == "F"
@@ -479,6 +503,7 @@ def _build_allowlist() -> dict:
         ("torch.nn", "Parameter"): PARAMETER_CLASS,
         ("_codecs", "encode"): codecs_encode,
         ("builtins", "bytearray"): make_bytearray,
+        ("builtins", "bytes"): make_bytes,
         ("builtins", "set"): make_set,
         ("builtins", "frozenset"): make_frozenset,
         ("builtins", "complex"): make_complex,
@@ -511,6 +536,11 @@ def _build_allowlist() -> dict:
     for name, dtype in {**STORAGE_TYPES_BY_NAME}.items():
         table[("torch", name)] = StorageType(dtype)
         table[("torch.cuda", name)] = StorageType(dtype)
+    # Legacy tensor type names (torch.FloatTensor...) appear as inert type tags in tar files.
+    for name in STORAGE_TYPES_BY_NAME:
+        tag = name.replace("Storage", "Tensor")
+        table[("torch", tag)] = TensorTypeTag(tag)
+        table[("torch.cuda", tag)] = TensorTypeTag(tag)
     table[("torch.storage", "UntypedStorage")] = StorageType("uint8")
     table[("torch", "UntypedStorage")] = StorageType("uint8")
     for name in DTYPE_NAMES:

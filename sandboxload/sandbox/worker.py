@@ -8,6 +8,7 @@ Standard library only. Order matters and is the point of this file:
 The answer (a :mod:`protocol` description, or an error) is JSON on stdout.
 """
 
+import encodings.cp437  # noqa: F401  zipfile decodes non-UTF-8 names with it, lazily
 import io
 import json
 import os
