@@ -51,7 +51,7 @@ def fingerprint(root: Any) -> Any:
             out["sha256"] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
         return out
 
-    def walk(obj: Any) -> Any:
+    def walk(obj: Any) -> Any:  # noqa: PLR0912
         if obj is None or isinstance(obj, (bool, int, str)):
             return [type(obj).__name__, obj]
         if isinstance(obj, float):
