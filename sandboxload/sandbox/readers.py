@@ -106,6 +106,8 @@ def read_zip(f: io.BufferedReader, fd: int, size: int, out: Output, pickle_cap: 
         raise u.Malformed("the zip archive has duplicate record names")
     # torch's reader takes the archive name from the first record, then reads only below it.
     prefix = names[0].split("/", 1)[0]
+    if any(not n.startswith(prefix + "/") for n in names):
+        raise u.Malformed(f"a record lies outside the archive folder {prefix}/")
     if f"{prefix}/constants.pkl" in names:
         raise u.Unsupported("TorchScript archives (they carry code)")
     if f"{prefix}/data.pkl" not in names:

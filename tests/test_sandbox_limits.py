@@ -1,0 +1,336 @@
+"""Confinement, resource attacks, failures, leaks and concurrency of the sandbox."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import threading
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+import sandboxload
+from sandboxload import policy
+from sandboxload.errors import (
+    CorruptCheckpointError,
+    SandboxMemoryError,
+    SandboxTimeoutError,
+    SandboxUnavailableError,
+    SandboxViolationError,
+    UnsafeGlobalError,
+)
+from sandboxload.sandbox import session
+
+from .attacks import G, X, torch_zip
+from .conftest import clean_env, run_py
+
+
+@pytest.fixture(autouse=True)
+def sandbox_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith("SANDBOXLOAD_"):
+            monkeypatch.delenv(k)
+    sandboxload.activate(export_env=False)
+
+
+def resources() -> tuple[int, int, int]:
+    """(child processes, open fds, memfds) of this process."""
+    fds = os.listdir("/proc/self/fd")
+    memfds = 0
+    for fd in fds:
+        try:
+            memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+        except OSError:
+            pass
+    return len(psutil.Process().children(recursive=True)), len(fds), memfds
+
+
+@pytest.fixture
+def no_leaks() -> None:
+    before = resources()
+    yield
+    assert resources() == before
+
+
+def small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.pt"
+    torch.save({"w": torch.arange(6.0)}, path)
+    return path
+
+
+# --- confinement ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("probe", ["open", "socket", "fork", "execve", "write_ckpt", "exec_memory"])
+def test_forbidden_syscall_kills_the_worker(tmp_path: Path, probe: str, no_leaks: None) -> None:
+    path = small(tmp_path)
+    with open(path, "rb") as f, pytest.raises(SandboxViolationError, match="seccomp"):
+        session.load(
+            f.fileno(),
+            path.stat().st_size,
+            "torch-zip",
+            str(path),
+            policy.resolve({}),
+            None,
+            probe=probe,
+        )
+
+
+def test_probe_is_harmless_without_the_filter(tmp_path: Path) -> None:
+    """The kill above comes from the filter: with the (explicit) opt-out the probe succeeds."""
+    path = small(tmp_path)
+    with open(path, "rb") as f:
+        out = session.load(
+            f.fileno(),
+            path.stat().st_size,
+            "torch-zip",
+            str(path),
+            policy.resolve({"SANDBOXLOAD_SECCOMP": "off"}),
+            None,
+            probe="open",
+        )
+    assert torch.equal(out["w"], torch.arange(6.0))
+
+
+def test_fails_closed_without_seccomp(tmp_path: Path) -> None:
+    path = small(tmp_path)
+    code = (
+        "import sys; sys.modules['pyseccomp'] = None\n"
+        "import torch, sandboxload\n"
+        f"try:\n    torch.load({str(path)!r})\n"
+        "except sandboxload.SandboxUnavailableError as e:\n    print('closed', e)\n"
+    )
+    proc = run_py(code, env=clean_env(SANDBOXLOAD="1"))
+    assert proc.stdout.startswith("closed"), proc.stderr
+    assert "SANDBOXLOAD_SECCOMP=off" in proc.stdout
+    assert issubclass(SandboxUnavailableError, OSError)
+
+
+def test_child_environment_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets in the parent's env never reach the child (checked from the outside)."""
+    from sandboxload.sandbox import client
+
+    seen: list[dict[str, str]] = []
+    real = client.subprocess.Popen
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["env"])  # type: ignore[arg-type]
+        assert kwargs["start_new_session"] and set(kwargs["pass_fds"]) <= set(range(3, 4096))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    monkeypatch.setattr(client.subprocess, "Popen", spy)
+    torch.load(small(tmp_path))
+    assert seen == [{}]
+
+
+# --- resource attacks ----------------------------------------------------------------------
+
+
+def storage_pid(key: str, numel: int, stype: str = "FloatStorage") -> bytes:
+    return (
+        b"("
+        + X("storage")
+        + G("torch", stype)
+        + X(key)
+        + X("cpu")
+        + b"J"
+        + struct.pack("<i", numel)
+        + b"tQ"
+    )
+
+
+def tensor_pickle(
+    key: str, numel: int, size: tuple[int, ...], stride: tuple[int, ...], offset: int = 0
+) -> bytes:
+    def ints(xs: tuple[int, ...]) -> bytes:
+        return b"(" + b"".join(b"J" + struct.pack("<i", x) for x in xs) + b"t"
+
+    return (
+        b"\x80\x02"
+        + G("torch._utils", "_rebuild_tensor_v2")
+        + b"("
+        + storage_pid(key, numel)
+        + b"J"
+        + struct.pack("<i", offset)
+        + ints(size)
+        + ints(stride)
+        + b"\x89"
+        + G("collections", "OrderedDict")
+        + b")RtR."
+    )
+
+
+def zip_with(pkl: bytes, records: dict[str, bytes], compress: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        for name, data in records.items():
+            zf.writestr(f"archive/data/{name}", data, compress_type=compress)
+        zf.writestr("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+LYING = {
+    "view past its storage": zip_with(tensor_pickle("0", 4, (1000,), (1,)), {"0": b"\0" * 16}),
+    "offset past its storage": zip_with(
+        tensor_pickle("0", 4, (2,), (1,), offset=3), {"0": b"\0" * 16}
+    ),
+    "negative stride": zip_with(tensor_pickle("0", 4, (2,), (-1,)), {"0": b"\0" * 16}),
+    "negative size": zip_with(tensor_pickle("0", 4, (-2,), (1,)), {"0": b"\0" * 16}),
+    "numel beyond the record": zip_with(tensor_pickle("0", 1 << 20, (4,), (1,)), {"0": b"\0" * 16}),
+    "missing record": zip_with(tensor_pickle("7", 4, (4,), (1,)), {"0": b"\0" * 16}),
+    "compressed storage": zip_with(
+        tensor_pickle("0", 4, (4,), (1,)), {"0": b"\0" * 16}, zipfile.ZIP_DEFLATED
+    ),
+    "truncated pickle": zip_with(tensor_pickle("0", 4, (4,), (1,))[:-6], {"0": b"\0" * 16}),
+    "bytearray(huge int)": torch_zip(
+        b"\x80\x02" + G("builtins", "bytearray") + b"(\x8a\x06\x00\x00\x00\x00\x00\x01tR."
+    ),
+    "legacy numel lie": None,  # built in the test (needs a real legacy file)
+}
+
+
+@pytest.mark.parametrize("name", list(LYING))
+def test_lying_files_are_clean_errors(tmp_path: Path, name: str, no_leaks: None) -> None:
+    path = tmp_path / "lie.pt"
+    if LYING[name] is None:
+        torch.save({"w": torch.arange(4.0)}, path, _use_new_zipfile_serialization=False)
+        data = bytearray(path.read_bytes())
+        at = data.rindex(struct.pack("<q", 4))  # the on-disk element count of the storage
+        data[at : at + 8] = struct.pack("<q", 1 << 40)
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(LYING[name])
+    with pytest.raises((CorruptCheckpointError, UnsafeGlobalError)) as info:
+        torch.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_huge_claimed_allocation(tmp_path: Path, no_leaks: None) -> None:
+    """A BINBYTES8 claiming 1 TiB in a legacy stream: the child hits its limit, not the host."""
+    from .attacks import legacy
+
+    path = tmp_path / "huge.pt"
+    path.write_bytes(legacy(b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"xxxx."))
+    with pytest.raises(SandboxMemoryError):
+        torch.load(path)
+
+
+def test_memory_limit_is_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leaks: None
+) -> None:
+    path = tmp_path / "big_pickle.pt"
+    torch.save({"blob": b"\x01" * (80 << 20)}, path)  # an 80 MB bytes object in the pickle
+    monkeypatch.setenv("SANDBOXLOAD_MEMORY_MB", "64")
+    with pytest.raises(SandboxMemoryError, match="SANDBOXLOAD_MEMORY_MB"):
+        torch.load(path)
+    monkeypatch.delenv("SANDBOXLOAD_MEMORY_MB")
+    assert len(torch.load(path)["blob"]) == 80 << 20
+
+
+def test_decompression_bomb_is_capped(tmp_path: Path, no_leaks: None) -> None:
+    path = tmp_path / "bomb.pt"
+    bomb = b"\x80\x02" + b"N" * (100 << 20)  # 100 MB of opcodes, a few hundred KB deflated
+    path.write_bytes(torch_zip(bomb, compress=zipfile.ZIP_DEFLATED))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CorruptCheckpointError, match="cap"):
+        torch.load(path)
+
+
+def test_deep_nesting(tmp_path: Path) -> None:
+    depth = 200_000
+    path = tmp_path / "deep.pt"
+    path.write_bytes(torch_zip(b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."))
+    obj = torch.load(path)
+    n = 0
+    while obj:
+        obj, n = obj[0], n + 1
+    assert n == depth - 1
+
+
+def test_memo_bomb_stays_a_dag(tmp_path: Path) -> None:
+    x: list = []
+    for _ in range(80):
+        x = [x, x]
+    path = tmp_path / "bomb.pt"
+    torch.save(x, path)
+    y = torch.load(path)
+    for _ in range(80):
+        assert y[0] is y[1]
+        y = y[0]
+    assert y == []
+
+
+def test_description_cycles_survive(tmp_path: Path) -> None:
+    a: list = []
+    a.append(a)
+    d: dict = {}
+    d["self"] = d
+    path = tmp_path / "cycle.pt"
+    torch.save({"a": a, "d": d, "t": (a,)}, path)
+    out = torch.load(path)
+    assert out["a"][0] is out["a"] and out["d"]["self"] is out["d"] and out["t"][0] is out["a"]
+
+
+# --- failures and leaks --------------------------------------------------------------------
+
+
+def test_timeout_kills_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leaks: None
+) -> None:
+    monkeypatch.setenv("SANDBOXLOAD_TIMEOUT", "0.001")
+    with pytest.raises(SandboxTimeoutError, match="SANDBOXLOAD_TIMEOUT"):
+        torch.load(small(tmp_path))
+
+
+def test_many_loads_and_errors_leak_nothing(tmp_path: Path, no_leaks: None) -> None:
+    good = small(tmp_path)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(torch_zip(b"\x80\x02" + G("os", "system") + b"(" + X("true") + b"tR."))
+    for _ in range(5):
+        assert torch.equal(torch.load(good)["w"], torch.arange(6.0))
+        with pytest.raises(UnsafeGlobalError):
+            torch.load(bad)
+    with pytest.raises(CorruptCheckpointError):
+        torch.load(io.BytesIO(b"\x80\x02N."))  # a raw pickle: no torch magic number
+
+
+def test_loads_from_many_threads(tmp_path: Path, no_leaks: None) -> None:
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"t{i}.pt"
+        torch.save(
+            {"i": torch.full((1000,), float(i))}, p, _use_new_zipfile_serialization=bool(i % 2)
+        )
+        paths.append(p)
+    results: dict[int, float] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(3):
+                results[i] = float(torch.load(paths[i])["i"].sum())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == {i: 1000.0 * i for i in range(8)}
+
+
+def test_errors_pickle_across_processes(tmp_path: Path) -> None:
+    import pickle
+
+    err = CorruptCheckpointError("/m.pt", "detail")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is CorruptCheckpointError and str(back) == str(err)
+    assert back.file == "/m.pt"
