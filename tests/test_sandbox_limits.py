@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -42,10 +43,8 @@ def resources() -> tuple[int, int, int]:
     fds = os.listdir("/proc/self/fd")
     memfds = 0
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
-        except OSError:
-            pass
     return len(psutil.Process().children(recursive=True)), len(fds), memfds
 
 
