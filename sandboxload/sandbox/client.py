@@ -113,12 +113,12 @@ def run(
                 "pickle_cap": max(64 * MIB, 4 * size),
                 "memory_bytes": limits.memory_bytes,
                 "cpu_seconds": limits.cpu_seconds,
-                "extra_globals": list(limits.extra_globals),
-                "seccomp": limits.seccomp,
-                "probe": probe,
+                "extra_globals": ",".join(limits.extra_globals),
+                "seccomp": int(limits.seccomp),
+                "probe": probe or "",
             }
             out, err, status = _spawn(
-                json.dumps(config),
+                [f"{k}={v}" for k, v in config.items()],
                 program,
                 child_fd,
                 memfd,
@@ -136,10 +136,16 @@ def run(
 
 
 def _spawn(
-    config: str, program: bytes, child_fd: int, memfd: int, timeout: float, out_cap: int, name: str
+    argv: list[str],
+    program: bytes,
+    child_fd: int,
+    memfd: int,
+    timeout: float,
+    out_cap: int,
+    name: str,
 ) -> tuple[bytes, bytes, int]:
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", "-c", BOOT, config],
+        [sys.executable, "-I", "-S", "-B", "-c", BOOT, *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -4,7 +4,7 @@ Iterative, identity-preserving: an object reached twice becomes one node referen
 so a memo DAG stays a DAG, and deep nesting costs no recursion.
 """
 
-import base64
+import binascii
 import math
 
 import unpickler as u
@@ -115,7 +115,7 @@ class Describer:
         if t is str:
             return ["str", obj]
         if t in (bytes, bytearray):
-            return [t.__name__, base64.b64encode(obj).decode("ascii")]
+            return [t.__name__, _b64(obj)]
         if t is complex:
             return ["complex", _num(obj.real), _num(obj.imag)]
         if t in (list, tuple, set, frozenset):
@@ -178,7 +178,7 @@ class Describer:
                 nbytes,
             ]
         if t is u.NPScalar:
-            data = base64.b64encode(obj.data).decode("ascii")
+            data = _b64(obj.data)
             return ["npscalar", self._ref(obj.dtype), data]
         raise u.Malformed(
             f"the pickle produced an object of a kind that is not data ({t.__name__})"
@@ -187,3 +187,7 @@ class Describer:
 
 def _num(x: float) -> object:
     return x if math.isfinite(x) else repr(x)
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")

@@ -10,11 +10,10 @@ import io
 import os
 import struct
 import sys
-import tarfile
-import zipfile
 
 import unpickler as u
 from protocol import DTYPE_SIZES
+from ziparchive import STORED, ZipArchive
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -97,24 +96,20 @@ def _swap_width(dtype: str) -> int:
 # --- torch zip -----------------------------------------------------------------------------
 
 
-def read_zip(f: io.BufferedReader, fd: int, size: int, out: Output, pickle_cap: int) -> object:
-    zf = zipfile.ZipFile(f)
-    names = zf.namelist()
+def read_zip(fd: int, size: int, out: Output, pickle_cap: int) -> object:
+    zf = ZipArchive(lambda n, off: os.pread(fd, n, off), size)
+    names = zf.names()
     if not names:
         raise u.Malformed("empty zip archive")
-    if len(set(names)) != len(names):
-        raise u.Malformed("the zip archive has duplicate record names")
     # torch's reader takes the archive name from the first record, then reads only below it.
     prefix = names[0].split("/", 1)[0]
     if any(not n.startswith(prefix + "/") for n in names):
         raise u.Malformed(f"a record lies outside the archive folder {prefix}/")
-    if f"{prefix}/constants.pkl" in names:
+    if f"{prefix}/constants.pkl" in zf.by_name:
         raise u.Unsupported("TorchScript archives (they carry code)")
-    if f"{prefix}/data.pkl" not in names:
-        raise u.Malformed(f"no {prefix}/data.pkl record: not a torch checkpoint")
     byteorder = "little"
-    if f"{prefix}/byteorder" in names:
-        byteorder = _read_small(zf, f"{prefix}/byteorder", 16).decode("ascii", "replace")
+    if f"{prefix}/byteorder" in zf.by_name:
+        byteorder = zf.read(f"{prefix}/byteorder", 16).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
             raise u.Malformed(f"unknown byteorder record {byteorder!r}")
     swap = byteorder != sys.byteorder
@@ -134,60 +129,27 @@ def read_zip(f: io.BufferedReader, fd: int, size: int, out: Output, pickle_cap: 
         if key in loaded:
             return loaded[key]
         nbytes = numel * DTYPE_SIZES[dtype]
-        info = _info(zf, f"{prefix}/data/{key}")
-        if info.compress_type != zipfile.ZIP_STORED:
+        entry = zf.entry(f"{prefix}/data/{key}")
+        if entry.method != STORED:
             raise u.Malformed(
                 f"storage record data/{key} is compressed; torch never writes compressed storages"
             )
-        if info.file_size != nbytes or info.compress_size != nbytes:
+        if entry.size != nbytes or entry.csize != nbytes:
             raise u.Malformed(
-                f"storage record data/{key} holds {info.file_size} bytes, the pickle says {nbytes}"
+                f"storage record data/{key} holds {entry.size} bytes, the pickle says {nbytes}"
             )
-        start = _data_offset(fd, info, size)
+        start = zf.data_offset(entry)
+        location = _location(location)
         if swap and _swap_width(dtype) > 1:
-            ref = out.add_storage(
-                dtype,
-                nbytes,
-                "memfd",
-                out.copy_range(fd, start, nbytes, _swap_width(dtype)),
-                _location(location),
-            )
+            moved = out.copy_range(fd, start, nbytes, _swap_width(dtype))
+            ref = out.add_storage(dtype, nbytes, "memfd", moved, location)
         else:
-            ref = out.add_storage(dtype, nbytes, "file", start, _location(location))
+            ref = out.add_storage(dtype, nbytes, "file", start, location)
         loaded[key] = ref
         return ref
 
-    data = _read_small(zf, f"{prefix}/data.pkl", pickle_cap)
+    data = zf.read(f"{prefix}/data.pkl", pickle_cap)
     return u.RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
-
-
-def _info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-    try:
-        return zf.getinfo(name)
-    except KeyError:
-        raise u.Malformed(f"record {name} is missing") from None
-
-
-def _read_small(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
-    info = _info(zf, name)
-    if info.file_size > cap:
-        raise u.Malformed(f"record {name} claims {info.file_size} bytes, over the cap of {cap}")
-    with zf.open(info) as member:
-        data = member.read(cap + 1)
-    if len(data) > cap:
-        raise u.Malformed(f"record {name} expands past the cap of {cap} bytes")
-    return data
-
-
-def _data_offset(fd: int, info: zipfile.ZipInfo, size: int) -> int:
-    header = os.pread(fd, 30, info.header_offset)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise u.Malformed(f"bad local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > size:
-        raise u.Malformed(f"record {info.filename} runs past the end of the file")
-    return start
 
 
 # --- legacy stacked pickles ----------------------------------------------------------------
@@ -267,6 +229,8 @@ def _bind_views(views: list, refs: dict, out: Output) -> None:
 
 
 def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
+    import tarfile  # imported by the worker before the filter, only for this format
+
     with tarfile.open(fileobj=f, mode="r:") as tar:
         members = {m.name: m for m in tar.getmembers()}
     for name in ("storages", "tensors", "pickle"):
@@ -336,7 +300,7 @@ def _tar_tensors(tf: "_Window", objects: dict) -> None:
 class _Window(io.RawIOBase):
     """A read-only view of ``size`` bytes of ``f`` starting at ``start`` (a tar member)."""
 
-    def __init__(self, f: io.BufferedReader, member: tarfile.TarInfo) -> None:
+    def __init__(self, f: io.BufferedReader, member: "tarfile.TarInfo") -> None:  # noqa: F821
         self.f, self.start, self.size, self.pos = f, member.offset_data, member.size, 0
 
     def readable(self) -> bool:

@@ -8,7 +8,7 @@ Runs in the child: standard library only.
 """
 
 import _compat_pickle
-import pickle
+import _pickle  # the C unpickler alone: "pickle" would also import re, functools...
 
 
 class Refused(Exception):
@@ -573,7 +573,7 @@ def configure(storage_dtypes: dict, dtype_names: tuple, extra_globals: tuple) ->
             ALLOWED[(module, name)] = type(name, (GenericObject,), {"qualname": dotted})
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(_pickle.Unpickler):
     """pickle.Unpickler whose globals are the stand-ins above; nothing else resolves."""
 
     def __init__(self, file, persistent_load=None) -> None:

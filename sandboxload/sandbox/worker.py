@@ -1,6 +1,7 @@
-"""The sandbox child: ``python -I -S -B -c 'import worker; worker.main()' CONFIG``.
+"""The sandbox child: ``python -I -S -B -c 'import worker; worker.main()' key=value ...``.
 
-Standard library only. Order matters and is the point of this file:
+Standard library only, and only its cheap C-backed parts (start-up time is on every load's
+critical path). Order matters and is the point of this file:
 1. import everything the parse needs (nothing can be imported once the filter is in);
 2. move the inherited descriptors to fixed numbers, set rlimits;
 3. read the BPF program from stdin and install it (or report that it cannot be);
@@ -8,9 +9,8 @@ Standard library only. Order matters and is the point of this file:
 The answer (a :mod:`protocol` description, or an error) is JSON on stdout.
 """
 
-import encodings.cp437  # noqa: F401  zipfile decodes non-UTF-8 names with it, lazily
+import _json
 import io
-import json
 import os
 import sys
 
@@ -20,10 +20,37 @@ import readers
 import unpickler
 from protocol import DTYPE_SIZES, STORAGE_DTYPES, VERSION
 
+# The C encoder behind json.dumps, without importing json (which imports re).
+_encode = _json.make_encoder(
+    None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+)
+INT_KEYS = (
+    "ckpt_fd",
+    "memfd",
+    "size",
+    "memfd_capacity",
+    "pickle_cap",
+    "memory_bytes",
+    "cpu_seconds",
+    "seccomp",
+)
+
+
+def parse_config(argv: list) -> dict:
+    config: dict = {"probe": "", "extra_globals": ()}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in INT_KEYS:
+            config[key] = int(value)
+        elif key == "extra_globals":
+            config[key] = tuple(x for x in value.split(",") if x)
+        else:
+            config[key] = value
+    return config
+
 
 def _emit(payload: dict) -> None:
-    data = json.dumps(payload, separators=(",", ":"), allow_nan=True).encode()
-    view = memoryview(data)
+    view = memoryview("".join(_encode(payload, 0)).encode())
     while view:
         view = view[os.write(1, view) :]
 
@@ -34,17 +61,17 @@ def _error(kind: str, message: str, **extra: object) -> dict:
 
 def parse(config: dict) -> dict:
     fmt = config["format"]
-    size = config["size"]
     out = readers.Output(confine.MEMFD_FD, config["memfd_capacity"])
-    raw = io.FileIO(confine.CKPT_FD, "rb", closefd=False)
-    f = io.BufferedReader(raw, buffer_size=1 << 16)
     if fmt == "torch-zip":
-        root = readers.read_zip(f, confine.CKPT_FD, size, out, config["pickle_cap"])
-    elif fmt == "torch-tar":
-        root = readers.read_tar(f, confine.CKPT_FD, out)
+        root = readers.read_zip(confine.CKPT_FD, config["size"], out, config["pickle_cap"])
     else:
-        root = readers.read_legacy(f, confine.CKPT_FD, out)
-    if config.get("probe"):
+        raw = io.FileIO(confine.CKPT_FD, "rb", closefd=False)
+        f = io.BufferedReader(raw, buffer_size=1 << 16)
+        if fmt == "torch-tar":
+            root = readers.read_tar(f, confine.CKPT_FD, out)
+        else:
+            root = readers.read_legacy(f, confine.CKPT_FD, out)
+    if config["probe"]:
         _probe(config["probe"])
     d = describe.Describer(out.write_bytes)
     root_id = d.describe(root)
@@ -74,16 +101,21 @@ def _probe(what: str) -> None:
         mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC)
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
-    confine.arrange_fds(config["ckpt_fd"], config["memfd"])
-    confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
-    unpickler.configure(STORAGE_DTYPES, tuple(DTYPE_SIZES), tuple(config["extra_globals"]))
-    if config.get("probe"):
-        # What a probe needs must be imported now: after the filter, importing is itself
-        # forbidden (it opens files), and the probe must reach its own syscall.
+def _preload(config: dict) -> None:
+    """Imports some paths need, done now: after the filter, importing is itself forbidden."""
+    if config["format"] == "torch-tar":
+        import tarfile  # noqa: F401
+    if config["probe"]:
         import _socket  # noqa: F401
         import mmap  # noqa: F401
+
+
+def main() -> None:
+    config = parse_config(sys.argv[1:])
+    confine.arrange_fds(config["ckpt_fd"], config["memfd"])
+    confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
+    unpickler.configure(STORAGE_DTYPES, tuple(DTYPE_SIZES), config["extra_globals"])
+    _preload(config)
     program = sys.stdin.buffer.read()
     if config["seccomp"]:
         try:

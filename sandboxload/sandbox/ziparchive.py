@@ -1,0 +1,159 @@
+"""A strict, read-only zip reader for torch archives (child side, stdlib C modules only).
+
+``zipfile`` would do, but it imports half the standard library (pathlib, shutil, threading,
+importlib.util ...), which doubled the child's start-up time. This reads only what torch
+writes: stored or deflated records, zip64 where needed, no encryption, no multi-disk, and it
+rejects anything inconsistent (local and central names that differ, records past the end).
+"""
+
+import struct
+import zlib
+
+import unpickler as u
+
+EOCD = b"PK\x05\x06"
+EOCD64 = b"PK\x06\x06"
+EOCD64_LOCATOR = b"PK\x06\x07"
+CENTRAL = b"PK\x01\x02"
+LOCAL = b"PK\x03\x04"
+STORED, DEFLATED = 0, 8
+MAX_ENTRIES = 1 << 20
+
+
+class Entry:
+    __slots__ = ("crc", "csize", "flags", "header", "method", "name", "size")
+
+    def __init__(
+        self, name: str, method: int, flags: int, crc: int, csize: int, size: int, header: int
+    ) -> None:
+        self.name, self.method, self.flags, self.crc = name, method, flags, crc
+        self.csize, self.size, self.header = csize, size, header
+
+
+def _pread(pread, n: int, offset: int) -> bytes:
+    data = pread(n, offset)
+    if len(data) != n:
+        raise u.Malformed("zip structure runs past the end of the file")
+    return data
+
+
+class ZipArchive:
+    def __init__(self, pread, size: int) -> None:
+        """``pread(n, offset)`` reads the checkpoint; ``size`` is its length."""
+        self.pread = pread
+        self.size = size
+        count, cd_size, cd_offset = self._end_record()
+        if count > MAX_ENTRIES or cd_offset + cd_size > size:
+            raise u.Malformed("zip central directory out of bounds")
+        self.entries: list = self._central(_pread(pread, cd_size, cd_offset), count)
+        self.by_name: dict = {}
+        for e in self.entries:
+            if e.name in self.by_name:
+                raise u.Malformed("the zip archive has duplicate record names")
+            self.by_name[e.name] = e
+
+    def _end_record(self) -> tuple:
+        tail_len = min(self.size, 22 + 0xFFFF)
+        tail = _pread(self.pread, tail_len, self.size - tail_len)
+        at = tail.rfind(EOCD)
+        if at < 0 or len(tail) - at < 22:
+            raise u.Malformed("no zip end-of-central-directory record")
+        disk, cd_disk, n_disk, count, cd_size, cd_offset, _comment = struct.unpack_from(
+            "<HHHHIIH", tail, at + 4
+        )
+        if disk or cd_disk or n_disk != count:
+            raise u.Malformed("multi-disk zip archives are not checkpoints")
+        if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):
+            eocd_at = self.size - tail_len + at
+            loc = _pread(self.pread, 20, eocd_at - 20)
+            if loc[:4] != EOCD64_LOCATOR:
+                raise u.Malformed("zip64 locator missing")
+            (rec_offset,) = struct.unpack_from("<Q", loc, 8)
+            rec = _pread(self.pread, 56, rec_offset)
+            if rec[:4] != EOCD64:
+                raise u.Malformed("zip64 end record missing")
+            count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
+        return count, cd_size, cd_offset
+
+    def _central(self, cd: bytes, count: int) -> list:
+        entries = []
+        pos = 0
+        for _ in range(count):
+            if cd[pos : pos + 4] != CENTRAL or pos + 46 > len(cd):
+                raise u.Malformed("bad zip central directory entry")
+            (flags, method, crc, csize, size, nlen, xlen, clen, header) = struct.unpack_from(
+                "<4xHH4xIIIHHH8xI", cd, pos + 4
+            )
+            name_raw = cd[pos + 46 : pos + 46 + nlen]
+            extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
+            pos += 46 + nlen + xlen + clen
+            if pos > len(cd):
+                raise u.Malformed("zip central directory entry runs past its end")
+            if flags & 0x1:
+                raise u.Malformed("encrypted zip records are not checkpoints")
+            size, csize, header = _zip64(extra, size, csize, header)
+            name = name_raw.decode("utf-8" if flags & 0x800 else "latin-1")
+            entries.append(Entry(name, method, flags, crc, csize, size, header))
+        return entries
+
+    def names(self) -> list:
+        return [e.name for e in self.entries]
+
+    def entry(self, name: str) -> Entry:
+        e = self.by_name.get(name)
+        if e is None:
+            raise u.Malformed(f"record {name} is missing")
+        return e
+
+    def data_offset(self, e: Entry) -> int:
+        """Where the record's bytes start, checked against the local header."""
+        head = _pread(self.pread, 30, e.header)
+        if head[:4] != LOCAL:
+            raise u.Malformed(f"bad local header for {e.name}")
+        nlen, xlen = struct.unpack_from("<HH", head, 26)
+        local_name = _pread(self.pread, nlen, e.header + 30)
+        if local_name.decode("utf-8" if e.flags & 0x800 else "latin-1") != e.name:
+            raise u.Malformed(f"local and central names of {e.name} differ")
+        start = e.header + 30 + nlen + xlen
+        if start + e.csize > self.size:
+            raise u.Malformed(f"record {e.name} runs past the end of the file")
+        return start
+
+    def read(self, name: str, cap: int) -> bytes:
+        """A whole (small) record, decompressed up to ``cap`` bytes, CRC-checked."""
+        e = self.entry(name)
+        if e.size > cap:
+            raise u.Malformed(f"record {name} claims {e.size} bytes, over the cap of {cap}")
+        raw = _pread(self.pread, e.csize, self.data_offset(e))
+        if e.method == STORED:
+            data = raw
+        elif e.method == DEFLATED:
+            d = zlib.decompressobj(-15)
+            data = d.decompress(raw, cap + 1)
+            if len(data) > cap or d.unconsumed_tail:
+                raise u.Malformed(f"record {name} expands past the cap of {cap} bytes")
+        else:
+            raise u.Malformed(f"record {name} uses compression method {e.method}")
+        if len(data) != e.size or zlib.crc32(data) != e.crc:
+            raise u.Malformed(f"record {name} fails its size or CRC check")
+        return data
+
+
+def _zip64(extra: bytes, size: int, csize: int, header: int) -> tuple:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + length]
+        if tag == 0x0001:
+            values = []
+            for i in range(0, len(body) - 7, 8):
+                values.append(struct.unpack_from("<Q", body, i)[0])
+            it = iter(values)
+            if size == 0xFFFFFFFF:
+                size = next(it, size)
+            if csize == 0xFFFFFFFF:
+                csize = next(it, csize)
+            if header == 0xFFFFFFFF:
+                header = next(it, header)
+        pos += 4 + length
+    return size, csize, header
