@@ -41,14 +41,21 @@ def bert_base_state_dict() -> dict[str, torch.Tensor]:
     def t(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    sd = {"embeddings.word_embeddings.weight": t(30522, h),
-          "embeddings.position_embeddings.weight": t(512, h),
-          "embeddings.token_type_embeddings.weight": t(2, h),
-          "embeddings.LayerNorm.weight": t(h), "embeddings.LayerNorm.bias": t(h)}
+    sd = {
+        "embeddings.word_embeddings.weight": t(30522, h),
+        "embeddings.position_embeddings.weight": t(512, h),
+        "embeddings.token_type_embeddings.weight": t(2, h),
+        "embeddings.LayerNorm.weight": t(h),
+        "embeddings.LayerNorm.bias": t(h),
+    }
     for i in range(layers):
         p = f"encoder.layer.{i}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"):
+        for name in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
             sd[p + name + ".weight"], sd[p + name + ".bias"] = t(h, h), t(h)
         sd[p + "attention.output.LayerNorm.weight"] = t(h)
         sd[p + "attention.output.LayerNorm.bias"] = t(h)
@@ -59,7 +66,7 @@ def bert_base_state_dict() -> dict[str, torch.Tensor]:
     return sd
 
 
-def median_ms(fn, runs: int) -> float:  # noqa: ANN001
+def median_ms(fn, runs: int) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -94,29 +101,46 @@ def main() -> int:
         torch.save({"w": torch.randn(256, 256)}, one)
         del sd
         # Warm the page cache and every code path once.
-        for fn in (lambda: plain(big, weights_only=True), lambda: torch.load(big),
-                   lambda: torch.load(one)):
+        for fn in (
+            lambda: plain(big, weights_only=True),
+            lambda: torch.load(big),
+            lambda: torch.load(one),
+        ):
             fn()
-        rows = {"torch.load(weights_only=True)": [], "torch.load(weights_only=True, mmap=True)":
-                [], "sandboxload": [], "sandboxload one tensor": []}
+        rows = {
+            "torch.load(weights_only=True)": [],
+            "torch.load(weights_only=True, mmap=True)": [],
+            "sandboxload": [],
+            "sandboxload one tensor": [],
+        }
         for _ in range(opts.runs):  # interleaved, so drift hits every column alike
             rows["torch.load(weights_only=True)"].append(
-                median_ms(lambda: plain(big, weights_only=True), 1))
+                median_ms(lambda: plain(big, weights_only=True), 1)
+            )
             rows["torch.load(weights_only=True, mmap=True)"].append(
-                median_ms(lambda: plain(big, weights_only=True, mmap=True), 1))
+                median_ms(lambda: plain(big, weights_only=True, mmap=True), 1)
+            )
             rows["sandboxload"].append(median_ms(lambda: torch.load(big, weights_only=True), 1))
             rows["sandboxload one tensor"].append(median_ms(lambda: torch.load(one), 1))
         med = {k: statistics.median(v) for k, v in rows.items()}
-        rss = float(subprocess.run([sys.executable, "-c", RSS_PROBE, str(big)], check=True,
-                                   capture_output=True, text=True).stdout)
+        rss = float(
+            subprocess.run(
+                [sys.executable, "-c", RSS_PROBE, str(big)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         size_mb = big.stat().st_size / 2**20
     result = {
-        "file_mb": round(size_mb, 1), "tensors": 199, "runs": opts.runs,
+        "file_mb": round(size_mb, 1),
+        "tensors": 199,
+        "runs": opts.runs,
         "median_ms": {k: round(v, 1) for k, v in med.items()},
-        "ratio_vs_torch_load": round(med["sandboxload"] / med["torch.load(weights_only=True)"],
-                                     3),
+        "ratio_vs_torch_load": round(med["sandboxload"] / med["torch.load(weights_only=True)"], 3),
         "ratio_vs_torch_load_mmap": round(
-            med["sandboxload"] / med["torch.load(weights_only=True, mmap=True)"], 3),
+            med["sandboxload"] / med["torch.load(weights_only=True, mmap=True)"], 3
+        ),
         "one_tensor_ms": round(med["sandboxload one tensor"], 1),
         "parent_peak_rss_growth_mb": round(rss, 1),
     }
@@ -124,11 +148,14 @@ def main() -> int:
     for k, v in result["median_ms"].items():
         print(f"  {k:<44} {v:>8.1f} ms")
     print(f"  sandbox / torch.load            {result['ratio_vs_torch_load']:.3f} (target <= 0.25)")
-    print(f"  sandbox / torch.load(mmap=True) {result['ratio_vs_torch_load_mmap']:.3f} "
-          "(target <= 3)")
+    print(
+        f"  sandbox / torch.load(mmap=True) {result['ratio_vs_torch_load_mmap']:.3f} (target <= 3)"
+    )
     print(f"  one-tensor checkpoint           {result['one_tensor_ms']:.1f} ms (target <= 60)")
-    print(f"  parent peak RSS growth          {result['parent_peak_rss_growth_mb']:.1f} MB "
-          "(target: a few MB)")
+    print(
+        f"  parent peak RSS growth          {result['parent_peak_rss_growth_mb']:.1f} MB "
+        "(target: a few MB)"
+    )
     if opts.json:
         Path(opts.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -103,3 +103,14 @@ def malicious(tmp_path: Path, canary: Path) -> dict[str, Path]:
 @pytest.fixture
 def py() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_py
+
+
+@pytest.fixture
+def sandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process activated, with no SANDBOXLOAD_* setting: the defaults (sandbox mode)."""
+    import sandboxload
+
+    for k in list(os.environ):
+        if k.startswith("SANDBOXLOAD_"):
+            monkeypatch.delenv(k)
+    sandboxload.activate(export_env=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 from pathlib import Path
@@ -85,12 +84,8 @@ def test_every_technique_is_live_without_sandboxload(corpus: list[tuple[str, Pat
 
 
 @pytest.fixture
-def protected(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in list(os.environ):
-        if k.startswith("SANDBOXLOAD_"):
-            monkeypatch.delenv(k)
+def protected(sandboxed: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    sandboxload.activate(export_env=False)
 
 
 def test_no_attack_runs_through_the_sandbox(

@@ -14,7 +14,6 @@ import psutil
 import pytest
 import torch
 
-import sandboxload
 from sandboxload import policy
 from sandboxload.errors import (
     CorruptCheckpointError,
@@ -31,11 +30,8 @@ from .conftest import clean_env, run_py
 
 
 @pytest.fixture(autouse=True)
-def sandbox_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in list(os.environ):
-        if k.startswith("SANDBOXLOAD_"):
-            monkeypatch.delenv(k)
-    sandboxload.activate(export_env=False)
+def _sandboxed(sandboxed: None) -> None:
+    """Every test here runs with the defaults, activated in this process."""
 
 
 def resources() -> tuple[int, int, int]:

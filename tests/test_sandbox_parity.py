@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,11 +81,8 @@ def expected(files: dict[str, Path]) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def sandbox_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in list(os.environ):
-        if k.startswith("SANDBOXLOAD_"):
-            monkeypatch.delenv(k)
-    sandboxload.activate(export_env=False)
+def _sandboxed(sandboxed: None) -> None:
+    """Every test here runs with the defaults, activated in this process."""
 
 
 NAMES = [f"{n}.{form}.pt" for n in corpus.cases() for form in ("zip", "legacy")]
