@@ -18,7 +18,7 @@ from .bootstrap import ACTIVATE_ENV
 from .errors import PolicyError
 
 RESERVED = ("run", "scan", "convert", "pin", "verify", "doctor")
-NOT_YET = ("scan", "convert", "pin", "verify", "doctor")
+NOT_YET = ("scan", "convert", "pin", "verify")
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 # CLI option -> the env variable it sets (the CLI sits on top of the env in precedence).
@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int | None:
             "not have yet; use 'run -- COMMAND' to run a program of that name",
             2,
         )
+    if command[0] == "doctor":
+        from .doctor import run as doctor
+
+        return doctor()
     if command[0] == "run":
         command = command[1:]
         if command and command[0] == "--":

@@ -122,3 +122,11 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert proc.stdout.strip() == "1", proc.stderr
     assert os.access(exe, os.X_OK)
+
+
+def test_doctor_proves_the_filter() -> None:
+    proc = wrapper("doctor")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "killed by seccomp" in proc.stdout and "activates a new interpreter" in proc.stdout
+    proc = wrapper("--seccomp", "off", "doctor")
+    assert proc.returncode == 1 and "SANDBOXLOAD_SECCOMP=off" in proc.stdout
