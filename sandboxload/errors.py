@@ -76,9 +76,8 @@ class UnsafeGlobalError(PickleRefusedError):
             fmt,
             f"It names the global {self.global_name!r}, which is not on the allowlist of "
             "plain data types; nothing was imported, called or loaded. Get the weights as "
-            "safetensors; or, only if you trust the file and that global is a plain data "
-            f"class of your own, allow it with SANDBOXLOAD_ALLOW_GLOBALS={self.global_name} "
-            "(functions are never allowed).",
+            "safetensors. (SANDBOXLOAD_ALLOW_GLOBALS=module.Name admits a plain data class "
+            "of your own, rebuilt without running its code; functions never are.)",
         )
 
 

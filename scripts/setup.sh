@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The sandbox's seccomp filter is compiled by the system libseccomp (through pyseccomp).
+if ! ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq libseccomp2 >/dev/null
+  else
+    echo "setup: libseccomp is missing; install it (Debian: libseccomp2)" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'

@@ -180,6 +180,8 @@ class Describer:
         if t is u.NPScalar:
             data = _b64(obj.data)
             return ["npscalar", self._ref(obj.dtype), data]
+        if t is u.StorageRef:
+            raise u.Unsupported("bare storage objects (save tensors instead)")
         raise u.Malformed(
             f"the pickle produced an object of a kind that is not data ({t.__name__})"
         )
