@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # The sandbox's seccomp filter is compiled by the system libseccomp (through pyseccomp).
-if ! ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so'; then
+libs=$(ldconfig -p 2>/dev/null || true)
+if ! grep -q 'libseccomp\.so' <<<"$libs"; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq libseccomp2 >/dev/null
   else
