@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CorruptCheckpointError",
+    "InvalidSafetensorsError",
     "PickleRefusedError",
     "PolicyError",
     "SandboxCrashedError",
@@ -32,6 +33,7 @@ _LAZY = {
     "is_active": "bootstrap",
     "load": "api",
     "CorruptCheckpointError": "errors",
+    "InvalidSafetensorsError": "errors",
     "PickleRefusedError": "errors",
     "PolicyError": "errors",
     "SandboxCrashedError": "errors",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from .bootstrap import activate, is_active
     from .errors import (
         CorruptCheckpointError,
+        InvalidSafetensorsError,
         PickleRefusedError,
         PolicyError,
         SandboxCrashedError,

@@ -31,6 +31,8 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 # Library module -> the patch applied right after it is imported.
 PATCHES = {
     "torch": "sandboxload.patches.torch:patch",
+    "safetensors": "sandboxload.patches.safetensors:patch",
+    "safetensors.torch": "sandboxload.patches.safetensors:patch_torch",
 }
 
 _active = False

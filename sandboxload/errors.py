@@ -9,6 +9,7 @@ same situation, so existing ``except`` clauses keep working::
     │   ├── TorchScriptRefusedError               TorchScript archives carry code
     │   └── UnsafeGlobalError                     the pickle names something that is not data
     ├── CorruptCheckpointError (pickle.UnpicklingError)  malformed, truncated or lying file
+    ├── InvalidSafetensorsError (ValueError)      a safetensors header that fails validation
     ├── UnsupportedFormatError (ValueError)       not a format (or feature) this loader reads
     ├── SandboxUnavailableError (OSError)         seccomp cannot be used here: fail closed
     ├── SandboxCrashedError (RuntimeError)        the child died or answered nonsense
@@ -89,6 +90,18 @@ class CorruptCheckpointError(_FileError, pickle.UnpicklingError):
             file,
             f"sandboxload could not load {file!r}: the checkpoint is malformed "
             f"({detail}). Re-download or re-export the file.",
+        )
+
+
+class InvalidSafetensorsError(_FileError, ValueError):
+    """A file given to a safetensors loader is not a valid safetensors file."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            file,
+            f"sandboxload refused {file!r}: not a valid safetensors file ({detail}). "
+            "Nothing was loaded; re-download or re-export the file.",
         )
 
 

@@ -17,6 +17,7 @@ from typing import IO, Any
 from . import audit, formats, policy
 from .errors import (
     CorruptCheckpointError,
+    InvalidSafetensorsError,
     PickleRefusedError,
     TorchScriptRefusedError,
     UnsupportedFormatError,
@@ -45,6 +46,11 @@ class Source:
     file: IO[bytes]
     fd: int | None  # set when sandboxload opened the path itself
     size: int
+
+    @property
+    def fileno(self) -> int:
+        assert self.fd is not None
+        return self.fd
 
 
 def _describe(f: Any) -> str:
@@ -105,9 +111,7 @@ def torch_load(
             )
 
         if fmt == formats.SAFETENSORS:
-            from .safetensors_load import load_state_dict
-
-            result = load_state_dict(src.fd, None if src.fd is not None else src.file, map_location)
+            result = _safetensors_state_dict(src, map_location)
             log("loaded", "safetensors", "safetensors holds no code")
             return result
         if pol.pickle == "allow":
@@ -168,3 +172,101 @@ def _sandboxed(src: Source, fmt: str, pol: policy.Policy, map_location: Any) -> 
         return session.load(fd, src.size, SANDBOX_FORMATS[fmt], src.name, pol, map_location)
     finally:
         os.close(fd)
+
+
+def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:
+    """A safetensors file that reached torch.load: validated, then loaded by safetensors."""
+    from .maplocation import relocate
+    from .patches.safetensors import original_load_bytes, original_safe_open
+    from .safetensors_mmap import parse_header, read_header
+
+    if src.fd is not None:
+        read_header(src.fd, src.name)
+        with original_safe_open()(f"/proc/self/fd/{src.fd}", framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    else:
+        data = src.file.read()
+        parse_header(data, len(data), src.name)
+        tensors = original_load_bytes()(data)
+    return relocate(tensors, map_location)
+
+
+def safetensors_open(
+    original: Callable[..., Any],
+    filename: Any,
+    framework: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    api: str,
+) -> Any:
+    """``safe_open``: only a file whose bytes are a valid safetensors file is opened."""
+    from .safetensors_mmap import read_header
+
+    start = time.perf_counter()
+    pol = policy.current()
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return original(filename, framework, *args, **kwargs)  # let safetensors reject it
+    with open_source(filename) as src:
+        fmt = formats.sniff(src.file)
+
+        def log(decision: str, reason: str) -> None:
+            audit.record(
+                pol.audit_log,
+                api=api,
+                file=src.name,
+                format=fmt,
+                decision=decision,
+                route="safetensors",
+                reason=reason,
+                bytes=src.size,
+                ms=round((time.perf_counter() - start) * 1000, 3),
+            )
+
+        try:
+            if fmt != formats.SAFETENSORS:
+                raise InvalidSafetensorsError(src.name, f"its bytes are a {fmt} file")
+            read_header(src.fileno, src.name)
+        except InvalidSafetensorsError as exc:
+            log("refused", exc.detail)
+            raise
+        # Same inode, reopened by safetensors, which maps it privately: zero copy.
+        result = original(f"/proc/self/fd/{src.fileno}", framework, *args, **kwargs)
+        log("loaded", "valid safetensors header")
+        return result
+
+
+def safetensors_bytes(original: Callable[..., Any], data: bytes, api: str) -> Any:
+    """``safetensors.torch.load(bytes)``: the header is validated first."""
+    from .safetensors_mmap import parse_header
+
+    start = time.perf_counter()
+    pol = policy.current()
+    name = "<bytes>"
+    try:
+        parse_header(bytes(data[: 8 + 100 * 1024 * 1024]), len(data), name)
+    except InvalidSafetensorsError as exc:
+        audit.record(
+            pol.audit_log,
+            api=api,
+            file=name,
+            format="safetensors",
+            decision="refused",
+            route="safetensors",
+            reason=exc.detail,
+            bytes=len(data),
+            ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+        raise
+    result = original(data)
+    audit.record(
+        pol.audit_log,
+        api=api,
+        file=name,
+        format="safetensors",
+        decision="loaded",
+        route="safetensors",
+        reason="valid safetensors header",
+        bytes=len(data),
+        ms=round((time.perf_counter() - start) * 1000, 3),
+    )
+    return result

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import loader
+from ._common import is_patched, mark, replace_everywhere
 
 _original: Callable[..., Any] | None = None
 
@@ -20,10 +21,6 @@ def original_load() -> Callable[..., Any]:
 
         return torch.serialization.load
     return _original
-
-
-def is_patched(fn: Any) -> bool:
-    return getattr(fn, "__sandboxload__", False) is True
 
 
 def patch(torch: ModuleType) -> None:
@@ -59,7 +56,8 @@ def patch(torch: ModuleType) -> None:
     # wraps() exposes the original through __wrapped__; a stated signature does not.
     del load.__wrapped__
     load.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    load.__sandboxload__ = True  # type: ignore[attr-defined]
+    mark(load)
     # Both names, even if something else wrapped torch.load: no route may stay unguarded.
     ser.load = load
     torch.load = load
+    replace_everywhere(original, load)
