@@ -33,6 +33,11 @@ PATCHES = {
     "torch": "sandboxload.patches.torch:patch",
     "safetensors": "sandboxload.patches.safetensors:patch",
     "safetensors.torch": "sandboxload.patches.safetensors:patch_torch",
+    "transformers.utils.hub": "sandboxload.patches.transformers:patch_hub",
+    "transformers.modeling_utils": "sandboxload.patches.transformers:patch_modeling",
+    "transformers.dynamic_module_utils": "sandboxload.patches.transformers:patch_dynamic",
+    "sentence_transformers.util": "sandboxload.patches.sentence_transformers:patch",
+    "sentence_transformers.util.misc": "sandboxload.patches.sentence_transformers:patch",
 }
 
 _active = False

@@ -31,6 +31,7 @@ OPTION_ENV = {
     "timeout": "SANDBOXLOAD_TIMEOUT",
     "memory_mb": "SANDBOXLOAD_MEMORY_MB",
     "cpu_seconds": "SANDBOXLOAD_CPU_SECONDS",
+    "remote_code": "SANDBOXLOAD_REMOTE_CODE",
 }
 
 
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cpu-seconds",
         metavar="SECONDS",
         help="CPU limit of the sandbox child (SANDBOXLOAD_CPU_SECONDS)",
+    )
+    p.add_argument(
+        "--remote-code",
+        choices=("refuse", "allow"),
+        help="code shipped with a model (auto_map, custom modules): SANDBOXLOAD_REMOTE_CODE",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="COMMAND [ARGS...]")
     return p

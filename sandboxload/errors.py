@@ -15,7 +15,9 @@ same situation, so existing ``except`` clauses keep working::
     ├── SandboxCrashedError (RuntimeError)        the child died or answered nonsense
     ├── SandboxTimeoutError (TimeoutError)        the child overran SANDBOXLOAD_TIMEOUT
     ├── SandboxViolationError (PermissionError)   the child tried a forbidden system call
-    └── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
+    ├── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
+    ├── RemoteCodeRefusedError (PermissionError)  a model asked to run its own code
+    └── ModelFolderError (ValueError)             a model folder file redirects loading unsafely
 
 Every message names the file (or setting), what happened, and how to proceed. Errors pickle
 (for ``multiprocessing``) with their message and attributes.
@@ -168,4 +170,30 @@ class SandboxMemoryError(_FileError, MemoryError):
             f"the sandbox parsing {file!r} ran out of its memory limit "
             f"({limit_bytes >> 20} MiB); raise SANDBOXLOAD_MEMORY_MB if the file is "
             "legitimately that large.",
+        )
+
+
+class RemoteCodeRefusedError(_FileError, PermissionError):
+    """A model (config ``auto_map``, ``modules.json``, an activation function...) asked to
+    import or run code; refused unless the policy allows remote code."""
+
+    def __init__(self, file: str, what: str) -> None:
+        self.what = what
+        super().__init__(
+            file,
+            f"sandboxload refused to run code for the model at {file!r}: {what}. Model "
+            "code runs with all of this process's rights; if you have read it and trust it, "
+            "set SANDBOXLOAD_REMOTE_CODE=allow.",
+        )
+
+
+class ModelFolderError(_FileError, ValueError):
+    """A file in a model folder (index, config) points loading somewhere it must not go."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            file,
+            f"sandboxload refused the model file {file!r}: {detail}. Fix or re-download "
+            "the model folder.",
         )

@@ -1,0 +1,57 @@
+"""sentence-transformers: which classes a model folder may make it import.
+
+``modules.json`` types, a Dense ``activation_function``, a custom tokenizer class: each is a
+dotted path from the model folder, imported (and often called) by
+``import_from_string``. Only sentence-transformers' own classes and torch.nn modules are
+accepted; anything else is remote code, refused unless the policy allows it.
+Weight files need nothing here: every module reads them through the patched ``torch.load``
+and ``safetensors`` entry points.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from .. import policy
+from ..errors import RemoteCodeRefusedError
+from ._common import is_patched, mark, replace_everywhere
+
+ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
+
+
+def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original, updated=())
+    def import_from_string(dotted_path: str) -> Any:
+        allowed = isinstance(dotted_path, str) and dotted_path.startswith(ALLOWED_PREFIXES)
+        if not allowed and policy.current().remote_code != "allow":
+            raise RemoteCodeRefusedError(
+                "<sentence-transformers config>",
+                f"its configuration names {dotted_path!r}, which is neither a "
+                "sentence-transformers class nor a torch.nn module",
+            )
+        result = original(dotted_path)
+        if dotted_path.startswith("torch.nn.") and policy.current().remote_code != "allow":
+            import torch
+
+            if not (isinstance(result, type) and issubclass(result, torch.nn.Module)):
+                raise RemoteCodeRefusedError(
+                    "<sentence-transformers config>",
+                    f"{dotted_path!r} is not a torch.nn.Module class",
+                )
+        return result
+
+    del import_from_string.__wrapped__
+    return mark(import_from_string)
+
+
+def patch(module: ModuleType) -> None:
+    """Hook for ``sentence_transformers.util`` (3.x) and ``...util.misc`` (6.x)."""
+    original = getattr(module, "import_from_string", None)
+    if original is None or is_patched(original):
+        return
+    patched = _guard(original)
+    module.import_from_string = patched
+    replace_everywhere(original, patched)
