@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import modelfolder, policy
-from ..errors import RemoteCodeRefusedError
+from ..errors import RemoteCodeRefusedError, SandboxLoadError
 from ._common import is_patched, mark, replace_everywhere
 
 
@@ -69,6 +69,24 @@ def _refuse_remote(original: Callable[..., Any], what: str) -> Callable[..., Any
     return refuse
 
 
+def _surface(original: Callable[..., Any]) -> Callable[..., Any]:
+    """transformers 4.x re-raises any torch.load failure as a generic OSError ("Unable to
+    load weights..."); give the caller sandboxload's typed error instead."""
+
+    def load_state_dict(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, SandboxLoadError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None or cause is exc:
+                raise
+            raise cause from exc
+
+    return load_state_dict
+
+
 def patch_hub(module: ModuleType) -> None:
     _wrap(module, "get_checkpoint_shard_files", _shards)
 
@@ -76,6 +94,7 @@ def patch_hub(module: ModuleType) -> None:
 def patch_modeling(module: ModuleType) -> None:
     _wrap(module, "get_checkpoint_shard_files", _shards)
     _wrap(module, "_get_resolved_checkpoint_files", _resolved)
+    _wrap(module, "load_state_dict", _surface)
 
 
 def patch_dynamic(module: ModuleType) -> None:

@@ -1,0 +1,168 @@
+"""A real infinity_emb v2 server, started through the wrapper, answering real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import PY, Payload, clean_env
+from .test_hf import copy_model, pickle_copy, remote_code_model, state_dict
+
+pytest.importorskip("infinity_emb")
+INFINITY = str(Path(sys.executable).parent / "infinity_emb")
+SENTENCES = ["sandboxload keeps weights inert", "An embedding server on a pickle checkpoint."]
+
+
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+# infinity_emb 0.0.78 calls tokenizer.batch_encode_plus during warm-up and batching, which
+# transformers 5 removed: on that stack the server cannot start, with or without sandboxload
+# (test_upstream_incompatibility_on_transformers_5 pins this down).
+SERVES = transformers_major() < 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(
+        self, model: Path, *, wrapped: bool, tmp: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.model = model
+        self.log = tmp / f"server-{self.port}.log"
+        cmd = [
+            INFINITY,
+            "v2",
+            "--model-id",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if wrapped:
+            cmd = [PY, "-m", "sandboxload", *cmd]
+        env = clean_env(
+            INFINITY_ANONYMOUS_USAGE_STATS="0",
+            DO_NOT_TRACK="1",
+            HF_HUB_OFFLINE="1",
+            **(extra_env or {}),
+        )
+        self.started = time.perf_counter()
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 240) -> bool:
+        """True once /health answers; False if the process exited first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return True
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()[-3000:]}")
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        body = json.dumps({"model": str(self.model), "input": texts}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/embeddings",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return [d["embedding"] for d in sorted(data["data"], key=lambda d: d["index"])]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Any:
+    started: list[Server] = []
+
+    def start(model: Path, **kwargs: Any) -> Server:
+        server = Server(model, tmp=tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.skipif(not SERVES, reason="infinity_emb 0.0.78 cannot serve on transformers 5")
+def test_wrapped_server_answers_like_the_plain_one(servers: Any, tmp_path: Path) -> None:
+    model = pickle_copy(tmp_path / "minilm-pickle")
+    audit = tmp_path / "audit.jsonl"
+    wrapped = servers(model, wrapped=True, extra_env={"SANDBOXLOAD_AUDIT_LOG": str(audit)})
+    plain = servers(model, wrapped=False)
+    assert wrapped.wait_ready(), wrapped.output()[-3000:]
+    assert plain.wait_ready(), plain.output()[-3000:]
+    assert wrapped.embed(SENTENCES) == plain.embed(SENTENCES)
+    log = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert {(e["file"], e["route"], e["decision"]) for e in log} == {
+        (str(model / "pytorch_model.bin"), "sandbox", "loaded")
+    }
+
+
+def test_payload_model_fails_to_start(servers: Any, tmp_path: Path, canary: Path) -> None:
+    model = pickle_copy(tmp_path / "minilm-payload", {**state_dict(), "x": Payload(canary)})
+    server = servers(model, wrapped=True)
+    assert not server.wait_ready()
+    assert server.proc.returncode != 0
+    assert "UnsafeGlobalError" in server.output() and "posix.system" in server.output()
+
+
+def test_remote_code_model_fails_to_start(servers: Any, tmp_path: Path, canary: Path) -> None:
+    """infinity passes trust_remote_code=True by default; sandboxload still refuses."""
+    model = remote_code_model(tmp_path / "minilm-remote", canary)
+    server = servers(model, wrapped=True, extra_env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert not server.wait_ready()
+    assert "RemoteCodeRefusedError" in server.output(), server.output()[-3000:]
+
+
+@pytest.mark.skipif(SERVES, reason="only on transformers 5")
+def test_upstream_incompatibility_on_transformers_5(servers: Any, tmp_path: Path) -> None:
+    """Without sandboxload too, infinity 0.0.78 dies in warm-up on transformers 5; through the
+    wrapper it gets as far (weights loaded through sandboxload) and dies the same way."""
+    model = copy_model(tmp_path / "minilm")
+    audit = tmp_path / "audit.jsonl"
+    plain = servers(model, wrapped=False)
+    wrapped = servers(model, wrapped=True, extra_env={"SANDBOXLOAD_AUDIT_LOG": str(audit)})
+    for server in (plain, wrapped):
+        assert not server.wait_ready()
+        assert "batch_encode_plus" in server.output()
+    assert any(json.loads(x)["decision"] == "loaded" for x in audit.read_text().splitlines())
