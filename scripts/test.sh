@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Set up, lint, and run the test suite.
+# Set up both stacks, lint, run the whole suite on the latest stack, then the Hugging Face and
+# infinity_emb tests again on the stack infinity-emb[server,torch]==0.0.78 installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+echo "== latest stack: $(.venv/bin/python -c 'import transformers as t, sentence_transformers as s; print("transformers", t.__version__, "sentence-transformers", s.__version__)')"
+.venv/bin/python -m pytest "$@"
+echo "== infinity stack: $(.venv-infinity/bin/python -c 'import transformers as t, sentence_transformers as s; print("transformers", t.__version__, "sentence-transformers", s.__version__)')"
+exec .venv-infinity/bin/python -m pytest -p no:cacheprovider tests/test_hf.py tests/test_infinity.py "$@"
