@@ -34,6 +34,7 @@ class Policy:
     memory_mb: int | None = None  # None: 1 GiB plus twice the checkpoint's size
     cpu_seconds: int = 300
     remote_code: str = "refuse"
+    spare: bool = True
     # Where each non-default value came from ("env SANDBOXLOAD_PICKLE", "file /etc/x.toml").
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -109,6 +110,7 @@ SETTINGS = (
     _Setting("memory_mb", "SANDBOXLOAD_MEMORY_MB", _number(int, 32)),
     _Setting("cpu_seconds", "SANDBOXLOAD_CPU_SECONDS", _number(int, 1)),
     _Setting("remote_code", "SANDBOXLOAD_REMOTE_CODE", _choice(("refuse", "allow"))),
+    _Setting("spare", "SANDBOXLOAD_SPARE", _switch),
 )
 ENV_NAMES = (POLICY_ENV, *(s.env for s in SETTINGS))
 

@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -35,13 +36,18 @@ def _sandboxed(sandboxed: None) -> None:
 
 
 def resources() -> tuple[int, int, int]:
-    """(child processes, open fds, memfds) of this process."""
-    fds = os.listdir("/proc/self/fd")
+    """(child processes, open fds, memfds) of this process, not counting the ready spare
+    worker (one is kept started on purpose)."""
+    from sandboxload.sandbox import spare
+
+    spare_pid, spare_fds = spare.settle()
+    fds = [fd for fd in os.listdir("/proc/self/fd") if int(fd) not in spare_fds]
     memfds = 0
     for fd in fds:
         with contextlib.suppress(OSError):
             memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
-    return len(psutil.Process().children(recursive=True)), len(fds), memfds
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare_pid]
+    return len(children), len(fds), memfds
 
 
 @pytest.fixture
@@ -107,10 +113,10 @@ def test_fails_closed_without_seccomp(tmp_path: Path) -> None:
 
 def test_child_environment_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Secrets in the parent's env never reach the child (checked from the outside)."""
-    from sandboxload.sandbox import client
+    from sandboxload.sandbox import spare
 
     seen: list[dict[str, str]] = []
-    real = client.subprocess.Popen
+    real = spare.subprocess.Popen
 
     def spy(*args: object, **kwargs: object) -> object:
         seen.append(kwargs["env"])  # type: ignore[arg-type]
@@ -118,7 +124,8 @@ def test_child_environment_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setenv("HF_TOKEN", "secret")
-    monkeypatch.setattr(client.subprocess, "Popen", spy)
+    monkeypatch.setenv("SANDBOXLOAD_SPARE", "off")  # a fresh spawn, so the spy sees it
+    monkeypatch.setattr(spare.subprocess, "Popen", spy)
     torch.load(small(tmp_path))
     assert seen == [{}]
 
@@ -329,3 +336,47 @@ def test_errors_pickle_across_processes(tmp_path: Path) -> None:
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is CorruptCheckpointError and str(back) == str(err)
     assert back.file == "/m.pt"
+
+
+def test_spare_worker_serves_one_load_and_is_replaced(tmp_path: Path) -> None:
+    from sandboxload.sandbox import spare
+
+    path = small(tmp_path)
+    torch.load(path)
+    first, _ = spare.settle()
+    assert first is not None and psutil.Process(first).cmdline()[-2] == "spare=1"
+    assert torch.equal(torch.load(path)["w"], torch.arange(6.0))  # served by that spare
+    second, _ = spare.settle()
+    assert second is not None and second != first
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+
+
+def test_spare_is_not_shared_across_fork(tmp_path: Path) -> None:
+    from sandboxload.sandbox import spare
+
+    path = small(tmp_path)
+    torch.load(path)
+    mine, _ = spare.settle()
+    pid = os.fork()
+    if pid == 0:  # the child must load fine without touching the parent's spare
+        ok = torch.equal(torch.load(path)["w"], torch.arange(6.0))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spare.settle()[0] == mine  # still ready for this process
+
+
+def test_spare_exits_with_its_parent(tmp_path: Path) -> None:
+    path = small(tmp_path)
+    code = (
+        "import torch, sandboxload\n"
+        f"torch.load({str(path)!r})\n"
+        "from sandboxload.sandbox import spare\n"
+        "print(spare.settle()[0])\n"
+    )
+    proc = run_py(code, env=clean_env(SANDBOXLOAD="1"))
+    spare_pid = int(proc.stdout.strip())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(spare_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(spare_pid) or psutil.Process(spare_pid).status() == "zombie"

@@ -61,3 +61,18 @@ def patch(torch: ModuleType) -> None:
     ser.load = load
     torch.load = load
     replace_everywhere(original, load)
+    _prestart_sandbox()
+
+
+def _prestart_sandbox() -> None:
+    """Have a sandbox worker ready before the first pickle load, when pickles go there."""
+    from .. import policy
+
+    try:
+        pol = policy.current()
+    except Exception:  # a bad policy is reported by the first load, not at import time
+        return
+    if pol.pickle == "sandbox" and pol.seccomp and pol.spare:
+        from ..sandbox import spare
+
+        spare.prestart()

@@ -17,7 +17,6 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,9 +32,8 @@ from ..errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from . import spare
 
-SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
-BOOT = f"import sys; sys.path.insert(0, {SANDBOX_DIR!r}); import worker; worker.main()"
 STDERR_CAP = 64 * 1024
 MIB = 1 << 20
 
@@ -47,6 +45,7 @@ class Limits:
     cpu_seconds: int
     seccomp: bool
     extra_globals: tuple[str, ...] = ()
+    spare: bool = True
 
 
 @dataclass
@@ -125,9 +124,12 @@ def run(
                 limits.timeout,
                 64 * MIB + 2 * size,
                 name,
+                limits.spare,
             )
         finally:
             os.close(child_fd)
+            if limits.seccomp and limits.spare:
+                spare.enable(program)  # the next load finds a worker already started
         description = _answer(out, err, status, name, fmt, limits)
         return Parsed(description, memfd, capacity)
     except BaseException:
@@ -143,17 +145,15 @@ def _spawn(
     timeout: float,
     out_cap: int,
     name: str,
+    use_spare: bool,
 ) -> tuple[bytes, bytes, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", "-c", BOOT, *argv],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(child_fd, memfd),
-        env={},
-        cwd="/",
-        start_new_session=True,
-    )
+    ready = spare.take() if program and use_spare else None
+    if ready is not None and ready.hand_over(argv, (child_fd, memfd)):
+        proc, program = ready.proc, b""  # its filter program is already in its stdin
+    else:
+        if ready is not None:
+            spare.discard(ready)
+        proc = spare.popen(argv, (child_fd, memfd))
     try:
         return _communicate(proc, program, timeout, out_cap, name)
     finally:
@@ -176,8 +176,9 @@ def _communicate(
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + timeout
     try:
-        proc.stdin.write(program)
-        proc.stdin.close()
+        if not proc.stdin.closed:
+            proc.stdin.write(program)
+            proc.stdin.close()
     except BrokenPipeError:
         pass  # the child died before reading; its status says why
     chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}

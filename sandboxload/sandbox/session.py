@@ -23,6 +23,7 @@ def limits(pol: Policy, size: int) -> client.Limits:
         cpu_seconds=pol.cpu_seconds,
         seccomp=pol.seccomp,
         extra_globals=pol.allow_globals,
+        spare=pol.spare,
     )
 
 

@@ -10,6 +10,8 @@ The answer (a :mod:`protocol` description, or an error) is JSON on stdout.
 """
 
 import _json
+import _socket
+import array
 import io
 import os
 import sys
@@ -110,8 +112,32 @@ def _preload(config: dict) -> None:
         import mmap  # noqa: F401
 
 
+def _wait_for_request(argv: list) -> "list | None":
+    """Spare mode: block until the parent sends the config and the two descriptors."""
+    sock_fd = int(next(a for a in argv if a.startswith("sock=")).partition("=")[2])
+    sock = _socket.socket(fileno=sock_fd)
+    msg, anc, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_LEN(8))
+    sock.close()
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not msg or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None  # the parent went away (or sent nonsense): nothing to do
+    lines = msg.decode().split("\n")
+    return [*lines, f"ckpt_fd={fds[0]}", f"memfd={fds[1]}"]
+
+
 def main() -> None:
-    config = parse_config(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "spare=1" in argv:
+        request = _wait_for_request(argv)
+        if request is None:
+            return
+        argv = request
+    config = parse_config(argv)
     confine.arrange_fds(config["ckpt_fd"], config["memfd"])
     confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
     unpickler.configure(STORAGE_DTYPES, tuple(DTYPE_SIZES), config["extra_globals"])

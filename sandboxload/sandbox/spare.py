@@ -1,0 +1,159 @@
+"""A worker started before it is needed, so interpreter start-up is off the load's path.
+
+The spare has imported everything and waits on a socket for one request: the config and the
+two descriptors (checkpoint, memfd), sent with SCM_RIGHTS. Only then does it set its limits,
+install the filter and read the checkpoint, exactly as a freshly spawned worker would. It
+serves one file and exits; a replacement is started in the background. A spare inherited
+through ``fork`` is never used (it belongs to the parent). If the parent dies, the socket
+closes and the spare exits.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
+BOOT = f"import sys; sys.path.insert(0, {SANDBOX_DIR!r}); import worker; worker.main()"
+
+
+def popen(argv: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
+    """The worker command: isolated interpreter, empty env, its own session, only these fds."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", "-c", BOOT, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+        env={},
+        cwd="/",
+        start_new_session=True,
+    )
+
+
+@dataclass
+class Spare:
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    owner: int  # pid that started it
+
+    def hand_over(self, config: list[str], fds: tuple[int, int]) -> bool:
+        """Send the request; False if the spare is gone (the caller then spawns afresh)."""
+        try:
+            self.sock.sendmsg(
+                ["\n".join(config).encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+            )
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+
+
+_lock = threading.Lock()
+_spare: Spare | None = None
+_program: bytes | None = None
+_threads: list[threading.Thread] = []
+
+
+def _start(program: bytes) -> Spare:
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = popen(["spare=1", f"sock={child.fileno()}"], (child.fileno(),))
+    finally:
+        child.close()
+    assert proc.stdin is not None
+    proc.stdin.write(program)  # the filter program waits in the pipe (far below its buffer)
+    proc.stdin.close()
+    return Spare(proc, parent, os.getpid())
+
+
+def enable(program: bytes) -> None:
+    """Keep one spare ready from now on (the program is the compiled seccomp filter)."""
+    global _program
+    with _lock:
+        _program = program
+    refill()
+
+
+def refill() -> None:
+    """Start a replacement spare in the background, if none is ready."""
+
+    def fill() -> None:
+        global _spare
+        with _lock:
+            if _program is None or (_spare is not None and _spare.owner == os.getpid()):
+                return
+            program = _program
+        spare = _start(program)
+        with _lock:
+            if _spare is None or _spare.owner != os.getpid():
+                _spare = spare
+                return
+        discard(spare)
+
+    _background(fill)
+
+
+def _background(fn: object) -> None:
+    thread = threading.Thread(target=fn, name="sandboxload-spare", daemon=True)  # type: ignore[arg-type]
+    _threads.append(thread)
+    thread.start()
+
+
+def take() -> Spare | None:
+    """The ready spare of this process, if any (never one inherited through fork)."""
+    global _spare
+    with _lock:
+        spare, _spare = _spare, None
+    if spare is None or spare.owner != os.getpid():
+        return None
+    if spare.proc.poll() is not None:
+        discard(spare)
+        return None
+    return spare
+
+
+def discard(spare: Spare) -> None:
+    spare.sock.close()
+    spare.proc.kill()
+    for pipe in (spare.proc.stdout, spare.proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    spare.proc.wait()
+
+
+def settle() -> tuple[int | None, set[int]]:
+    """Wait for pending starts; then the ready spare's pid and the fds this process holds
+    for it (tests count processes and descriptors, and a ready spare is neither leaked)."""
+    while _threads:
+        _threads.pop().join()
+    with _lock:
+        if _spare is None or _spare.owner != os.getpid():
+            return None, set()
+        held = {_spare.sock.fileno()}
+        held |= {p.fileno() for p in (_spare.proc.stdout, _spare.proc.stderr) if p is not None}
+        return _spare.proc.pid, held
+
+
+def prestart() -> None:
+    """Start the first spare in the background (called when torch is patched): the first
+    sandboxed load then skips interpreter start-up too. Quietly does nothing where the filter
+    cannot be built; the load itself will report that."""
+
+    def build() -> None:
+        from .confine import build_filter
+
+        try:
+            program = build_filter()
+        except Exception:  # the first load raises SandboxUnavailableError with details
+            return
+        enable(program)
+
+    _background(build)
