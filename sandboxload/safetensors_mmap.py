@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidSafetensorsError
+from .fileid import LRU, identity
 
 HEADER_CAP = 100 * 1024 * 1024  # safetensors' own limit
 # dtype -> bits per element (sub-byte dtypes pack several elements per byte).
@@ -120,8 +121,24 @@ def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, in
     return dtype, tuple(shape), begin, end
 
 
+_checked: LRU[Header] = LRU(64)
+
+
 def read_header(fd: int, name: str) -> Header:
-    """Validate the header of the file open on ``fd`` (read with pread: no offset moves)."""
+    """Validate the header of the file open on ``fd`` (read with pread: no offset moves).
+
+    A file already validated, and unchanged since, is not parsed again."""
+    key = identity(fd)
+    cached = _checked.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    header = _read_header(fd, name)
+    if key is not None:
+        _checked.put(key, header)
+    return header
+
+
+def _read_header(fd: int, name: str) -> Header:
     size = os.fstat(fd).st_size
     head = os.pread(fd, 8, 0)
     if len(head) < 8:

@@ -345,7 +345,9 @@ def test_spare_worker_serves_one_load_and_is_replaced(tmp_path: Path) -> None:
     torch.load(path)
     first, _ = spare.settle()
     assert first is not None and psutil.Process(first).cmdline()[-2] == "spare=1"
-    assert torch.equal(torch.load(path)["w"], torch.arange(6.0))  # served by that spare
+    other = tmp_path / "other.pt"
+    torch.save({"v": torch.ones(2)}, other)
+    assert torch.equal(torch.load(other)["v"], torch.ones(2))  # served by that spare
     second, _ = spare.settle()
     assert second is not None and second != first
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
@@ -380,3 +382,19 @@ def test_spare_exits_with_its_parent(tmp_path: Path) -> None:
     while psutil.pid_exists(spare_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(spare_pid) or psutil.Process(spare_pid).status() == "zombie"
+
+
+def test_unchanged_file_is_described_once(tmp_path: Path) -> None:
+    """transformers loads a checkpoint on meta, then for real: one parse serves both, and a
+    changed file is parsed again."""
+    from sandboxload.sandbox import spare
+
+    path = small(tmp_path)
+    assert torch.load(path, map_location="meta")["w"].device.type == "meta"
+    ready, _ = spare.settle()
+    first = torch.load(path)
+    assert torch.equal(first["w"], torch.arange(6.0))
+    assert spare.settle()[0] == ready  # no worker was used for the second load
+    torch.save({"w": torch.zeros(6)}, path)  # same path, new bytes (new mtime/ctime)
+    assert torch.equal(torch.load(path)["w"], torch.zeros(6))
+    assert spare.settle()[0] != ready

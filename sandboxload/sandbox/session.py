@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
+from ..fileid import LRU, identity
 from ..policy import Policy
 from . import client
 from .rebuild import rebuild
 
 MIB = 1 << 20
+_described: LRU[dict[str, Any]] = LRU(32)
 
 
 def limits(pol: Policy, size: int) -> client.Limits:
@@ -50,21 +52,64 @@ def load(
     map_location: Any,
     probe: str | None = None,
 ) -> Any:
-    """Parse in the sandbox, then validate and build in this process."""
+    """Parse in the sandbox, then validate and build in this process.
+
+    A zip checkpoint whose storages are all ranges of the file itself (the usual case) is
+    described once: loading the same, unchanged file again (transformers reads a checkpoint
+    on the meta device, then for real) rebuilds from the kept description, without a child.
+    """
+    key = identity(fd)
+    key = None if key is None or probe else (key, fmt, pol.allow_globals)
+    description = _described.get(key) if key is not None else None
+    if description is not None:
+        return _build(description, fd, size, None, 0, name, pol, map_location)
     parsed = client.run(fd, size, fmt, name, limits(pol, size), probe=probe)
     try:
-        return rebuild(
+        result = _build(
             parsed.description,
+            fd,
+            size,
+            parsed.memfd,
+            parsed.memfd_capacity,
             name,
-            map_location=map_location,
-            file_storage=_mapping(fd, size),
-            memfd_storage=_mapping(parsed.memfd, parsed.memfd_capacity),
-            file_size=size,
-            memfd_used=parsed.memfd_capacity,
-            extra_globals=pol.allow_globals,
+            pol,
+            map_location,
         )
     finally:
         os.close(parsed.memfd)
+    storages = parsed.description.get("storages")
+    if (
+        key is not None
+        and isinstance(storages, list)
+        and all(isinstance(s, list) and len(s) == 5 and s[2] == "file" for s in storages)
+    ):
+        _described.put(key, parsed.description)
+    return result
+
+
+def _build(
+    description: Any,
+    fd: int,
+    size: int,
+    memfd: int | None,
+    memfd_size: int,
+    name: str,
+    pol: Policy,
+    map_location: Any,
+) -> Any:
+    def no_memfd() -> Any:
+        raise ValueError("the description refers to a memfd it does not have")
+
+    return rebuild(
+        description,
+        name,
+        map_location=map_location,
+        file_storage=_mapping(fd, size),
+        memfd_storage=_mapping(memfd, memfd_size) if memfd is not None else no_memfd,
+        file_size=size,
+        memfd_used=memfd_size,
+        extra_globals=pol.allow_globals,
+    )
 
 
 def memfd_from_bytes(data: bytes, name: str = "sandboxload-in") -> int:
