@@ -38,6 +38,7 @@ else:
     from sentence_transformers import SentenceTransformer
     op = lambda: SentenceTransformer(path, device="cpu")
 op()  # warm: imports, page cache
+time.sleep(0.5)  # both sides: let start-up work (sandboxload's spare worker) finish first
 times = []
 for _ in range(runs):
     t = time.perf_counter(); op(); times.append(time.perf_counter() - t)
