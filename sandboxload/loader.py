@@ -53,6 +53,31 @@ class Source:
         return self.fd
 
 
+@dataclass
+class Decision:
+    """Writes the audit line of one load: what, by which API, which route, how long."""
+
+    pol: policy.Policy
+    api: str
+    file: str
+    fmt: str
+    size: int
+    start: float
+
+    def __call__(self, decision: str, route: str, reason: str) -> None:
+        audit.record(
+            self.pol.audit_log,
+            api=self.api,
+            file=self.file,
+            format=self.fmt,
+            decision=decision,
+            route=route,
+            reason=reason,
+            bytes=self.size,
+            ms=round((time.perf_counter() - self.start) * 1000, 3),
+        )
+
+
 def _describe(f: Any) -> str:
     name = getattr(f, "name", None)
     return name if isinstance(name, str) else f"<{type(f).__name__}>"
@@ -97,18 +122,7 @@ def torch_load(
     with open_source(f) as src:
         fmt = formats.sniff(src.file)
 
-        def log(decision: str, route: str, reason: str) -> None:
-            audit.record(
-                pol.audit_log,
-                api=api,
-                file=src.name,
-                format=fmt,
-                decision=decision,
-                route=route,
-                reason=reason,
-                bytes=src.size,
-                ms=round((time.perf_counter() - start) * 1000, 3),
-            )
+        log = Decision(pol, api, src.name, fmt, src.size, start)
 
         if fmt == formats.SAFETENSORS:
             result = _safetensors_state_dict(src, map_location)
@@ -209,29 +223,18 @@ def safetensors_open(
     with open_source(filename) as src:
         fmt = formats.sniff(src.file)
 
-        def log(decision: str, reason: str) -> None:
-            audit.record(
-                pol.audit_log,
-                api=api,
-                file=src.name,
-                format=fmt,
-                decision=decision,
-                route="safetensors",
-                reason=reason,
-                bytes=src.size,
-                ms=round((time.perf_counter() - start) * 1000, 3),
-            )
+        decide = Decision(pol, api, src.name, fmt, src.size, start)
 
         try:
             if fmt != formats.SAFETENSORS:
                 raise InvalidSafetensorsError(src.name, f"its bytes are a {fmt} file")
             read_header(src.fileno, src.name)
         except InvalidSafetensorsError as exc:
-            log("refused", exc.detail)
+            decide("refused", "safetensors", exc.detail)
             raise
         # Same inode, reopened by safetensors, which maps it privately: zero copy.
         result = original(f"/proc/self/fd/{src.fileno}", framework, *args, **kwargs)
-        log("loaded", "valid safetensors header")
+        decide("loaded", "safetensors", "valid safetensors header")
         return result
 
 
@@ -241,32 +244,12 @@ def safetensors_bytes(original: Callable[..., Any], data: bytes, api: str) -> An
 
     start = time.perf_counter()
     pol = policy.current()
-    name = "<bytes>"
+    decide = Decision(pol, api, "<bytes>", "safetensors", len(data), start)
     try:
-        parse_header(bytes(data[: 8 + 100 * 1024 * 1024]), len(data), name)
+        parse_header(bytes(data[: 8 + 100 * 1024 * 1024]), len(data), "<bytes>")
     except InvalidSafetensorsError as exc:
-        audit.record(
-            pol.audit_log,
-            api=api,
-            file=name,
-            format="safetensors",
-            decision="refused",
-            route="safetensors",
-            reason=exc.detail,
-            bytes=len(data),
-            ms=round((time.perf_counter() - start) * 1000, 3),
-        )
+        decide("refused", "safetensors", exc.detail)
         raise
     result = original(data)
-    audit.record(
-        pol.audit_log,
-        api=api,
-        file=name,
-        format="safetensors",
-        decision="loaded",
-        route="safetensors",
-        reason="valid safetensors header",
-        bytes=len(data),
-        ms=round((time.perf_counter() - start) * 1000, 3),
-    )
+    decide("loaded", "safetensors", "valid safetensors header")
     return result

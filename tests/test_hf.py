@@ -7,7 +7,6 @@ Runs on whichever stack is installed (transformers 5.x + sentence-transformers 6
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -248,53 +247,14 @@ def test_remote_code_allowed_runs_it(tmp_path: Path) -> None:
     assert canary.exists(), proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("where", ["modules.json", "dense activation"])
-def test_config_named_classes_are_refused(hf: Path, tmp_path: Path, where: str) -> None:
-    path = copy_model(tmp_path / "m")
-    modules = json.loads((path / "modules.json").read_text())
-    if where == "modules.json":
-        modules[-1]["type"] = "os.system"
-    else:
-        dense = path / "2_Dense"
-        dense.mkdir()
-        (dense / "config.json").write_text(
-            json.dumps(
-                {
-                    "in_features": 384,
-                    "out_features": 4,
-                    "bias": True,
-                    "activation_function": "builtins.breakpoint",
-                }
-            )
-        )
-        model = torch.nn.Linear(384, 4)
-        torch.save(
-            {"linear.weight": model.weight.data, "linear.bias": model.bias.data},
-            dense / "pytorch_model.bin",
-        )
-        dense_type = next(m["type"] for m in modules if "Pooling" in m["type"]).replace(
-            "Pooling", "Dense"
-        )
-        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": dense_type})
-    (path / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(RemoteCodeRefusedError, match=r"builtins\.breakpoint|os\.system"):
-        st_encode(path, trust_remote_code=True)
-
-
-def test_dense_module_weights_go_through_sandboxload(hf: Path, tmp_path: Path) -> None:
-    """A Dense module (pickle weights) after the Transformer: its file is audited too."""
-    path = copy_model(tmp_path / "m")
+def add_dense(path: Path, activation: str) -> Path:
+    """Append a Dense module (pickle weights) after pooling, as sentence-transformers saves it."""
     modules = json.loads((path / "modules.json").read_text())
     dense = path / "2_Dense"
     dense.mkdir()
     (dense / "config.json").write_text(
         json.dumps(
-            {
-                "in_features": 384,
-                "out_features": 4,
-                "bias": True,
-                "activation_function": "torch.nn.modules.activation.Tanh",
-            }
+            {"in_features": 384, "out_features": 4, "bias": True, "activation_function": activation}
         )
     )
     torch.manual_seed(0)
@@ -303,14 +263,33 @@ def test_dense_module_weights_go_through_sandboxload(hf: Path, tmp_path: Path) -
         {"linear.weight": model.weight.data, "linear.bias": model.bias.data},
         dense / "pytorch_model.bin",
     )
-    dense_type = next(m["type"] for m in modules if "Pooling" in m["type"]).replace(
-        "Pooling", "Dense"
+    pooling = next(m["type"] for m in modules if "Pooling" in m["type"])
+    modules.append(
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": pooling.replace("Pooling", "Dense")}
     )
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": dense_type})
     (path / "modules.json").write_text(json.dumps(modules))
+    return dense
+
+
+@pytest.mark.parametrize("where", ["modules.json", "dense activation"])
+def test_config_named_classes_are_refused(hf: Path, tmp_path: Path, where: str) -> None:
+    path = copy_model(tmp_path / "m")
+    if where == "modules.json":
+        modules = json.loads((path / "modules.json").read_text())
+        modules[-1]["type"] = "os.system"
+        (path / "modules.json").write_text(json.dumps(modules))
+    else:
+        add_dense(path, "builtins.breakpoint")
+    with pytest.raises(RemoteCodeRefusedError, match=r"builtins\.breakpoint|os\.system"):
+        st_encode(path, trust_remote_code=True)
+
+
+def test_dense_module_weights_go_through_sandboxload(hf: Path, tmp_path: Path) -> None:
+    """A Dense module (pickle weights) after the Transformer: its file is audited too."""
+    path = copy_model(tmp_path / "m")
+    dense = add_dense(path, "torch.nn.modules.activation.Tanh")
     got = st_encode(path)
     want = encode_unprotected([path])[str(path)]
     assert got == want
     files = {e["file"]: e["route"] for e in audited(hf) if e["decision"] == "loaded"}
     assert files[str(dense / "pytorch_model.bin")] == "sandbox"
-    assert os.path.exists(dense / "pytorch_model.bin")
