@@ -293,3 +293,19 @@ def test_dense_module_weights_go_through_sandboxload(hf: Path, tmp_path: Path) -
     assert got == want
     files = {e["file"]: e["route"] for e in audited(hf) if e["decision"] == "loaded"}
     assert files[str(dense / "pytorch_model.bin")] == "sandbox"
+
+
+def test_copies_imported_by_name_are_patched(sandboxed: None) -> None:
+    import safetensors
+    import transformers.modeling_utils as mu
+
+    from sandboxload.patches._common import is_patched
+
+    assert is_patched(safetensors.safe_open) and mu.safe_open is safetensors.safe_open
+    assert is_patched(safetensors.torch.load)
+    if hasattr(mu, "_safe_load_bytes"):  # transformers 5
+        assert mu._safe_load_bytes is safetensors.torch.load
+    assert is_patched(mu.get_checkpoint_shard_files)
+    import transformers.dynamic_module_utils as dmu
+
+    assert is_patched(dmu.get_class_in_module) and is_patched(dmu.get_class_from_dynamic_module)
