@@ -10,8 +10,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CorruptCheckpointError",
+    "FormatNotAllowedError",
+    "HashMismatchError",
     "InvalidSafetensorsError",
     "ModelFolderError",
+    "OfflineError",
     "PickleRefusedError",
     "PolicyError",
     "RemoteCodeRefusedError",
@@ -22,6 +25,7 @@ __all__ = [
     "SandboxUnavailableError",
     "SandboxViolationError",
     "TorchScriptRefusedError",
+    "UnpinnedFileError",
     "UnsafeGlobalError",
     "UnsupportedFormatError",
     "__version__",
@@ -35,11 +39,14 @@ _LAZY = {
     "is_active": "bootstrap",
     "load": "api",
     "CorruptCheckpointError": "errors",
+    "FormatNotAllowedError": "errors",
+    "HashMismatchError": "errors",
     "InvalidSafetensorsError": "errors",
     "ModelFolderError": "errors",
-    "RemoteCodeRefusedError": "errors",
+    "OfflineError": "errors",
     "PickleRefusedError": "errors",
     "PolicyError": "errors",
+    "RemoteCodeRefusedError": "errors",
     "SandboxCrashedError": "errors",
     "SandboxLoadError": "errors",
     "SandboxMemoryError": "errors",
@@ -47,6 +54,7 @@ _LAZY = {
     "SandboxUnavailableError": "errors",
     "SandboxViolationError": "errors",
     "TorchScriptRefusedError": "errors",
+    "UnpinnedFileError": "errors",
     "UnsafeGlobalError": "errors",
     "UnsupportedFormatError": "errors",
 }
@@ -58,8 +66,11 @@ if TYPE_CHECKING:
     from .bootstrap import activate, is_active
     from .errors import (
         CorruptCheckpointError,
+        FormatNotAllowedError,
+        HashMismatchError,
         InvalidSafetensorsError,
         ModelFolderError,
+        OfflineError,
         PickleRefusedError,
         PolicyError,
         RemoteCodeRefusedError,
@@ -70,6 +81,7 @@ if TYPE_CHECKING:
         SandboxUnavailableError,
         SandboxViolationError,
         TorchScriptRefusedError,
+        UnpinnedFileError,
         UnsafeGlobalError,
         UnsupportedFormatError,
     )

@@ -38,7 +38,11 @@ PATCHES = {
     "transformers.dynamic_module_utils": "sandboxload.patches.transformers:patch_dynamic",
     "sentence_transformers.util": "sandboxload.patches.sentence_transformers:patch",
     "sentence_transformers.util.misc": "sandboxload.patches.sentence_transformers:patch",
+    "huggingface_hub.constants": "sandboxload.patches.hub:patch_constants",
+    "huggingface_hub.file_download": "sandboxload.patches.hub:patch_download",
+    "huggingface_hub._snapshot_download": "sandboxload.patches.hub:patch_snapshot",
 }
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 _active = False
 
@@ -63,9 +67,25 @@ def activate(*, export_env: bool = True) -> None:
         return
     if export_env and not is_true(os.environ.get(ACTIVATE_ENV)):
         os.environ[ACTIVATE_ENV] = "1"
+    if is_true(os.environ.get("SANDBOXLOAD_OFFLINE")) or os.environ.get("SANDBOXLOAD_POLICY"):
+        _offline_env()
     for name, target in PATCHES.items():
         register(name, target)
     _active = True
+
+
+def _offline_env() -> None:
+    """SANDBOXLOAD_OFFLINE: the Hugging Face offline switches, set before those libraries
+    read them (they read them once, at import)."""
+    from .policy import PolicyError, current
+
+    try:
+        offline = current().offline
+    except PolicyError:
+        return  # the first load reports the bad setting and fails
+    if offline:
+        for name in OFFLINE_ENV:
+            os.environ[name] = "1"
 
 
 def activate_from_env() -> None:

@@ -17,7 +17,11 @@ same situation, so existing ``except`` clauses keep working::
     ├── SandboxViolationError (PermissionError)   the child tried a forbidden system call
     ├── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
     ├── RemoteCodeRefusedError (PermissionError)  a model asked to run its own code
-    └── ModelFolderError (ValueError)             a model folder file redirects loading unsafely
+    ├── ModelFolderError (ValueError)             a model folder file redirects loading unsafely
+    ├── HashMismatchError (PermissionError)       a pinned file's bytes are not the pinned ones
+    ├── UnpinnedFileError (PermissionError)       a weight file the manifest does not list
+    ├── FormatNotAllowedError (PermissionError)   a format outside SANDBOXLOAD_FORMATS
+    └── OfflineError (ConnectionError)            a download attempted in offline mode
 
 Every message names the file (or setting), what happened, and how to proceed. Errors pickle
 (for ``multiprocessing``) with their message and attributes.
@@ -196,4 +200,53 @@ class ModelFolderError(_FileError, ValueError):
             file,
             f"sandboxload refused the model file {file!r}: {detail}. Fix or re-download "
             "the model folder.",
+        )
+
+
+class HashMismatchError(_FileError, PermissionError):
+    """A weight file's SHA-256 differs from the digest it is pinned to."""
+
+    def __init__(self, file: str, expected: str, actual: str, source: str) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            file,
+            f"sandboxload refused {file!r}: its SHA-256 is {actual}, but {source} pins "
+            f"{expected}. The file was changed or corrupted; restore it from the vetted "
+            "source (or re-pin it if the change is intended).",
+        )
+
+
+class UnpinnedFileError(_FileError, PermissionError):
+    """A weight file that the manifest does not list."""
+
+    def __init__(self, file: str, manifest: str) -> None:
+        self.manifest = manifest
+        super().__init__(
+            file,
+            f"sandboxload refused {file!r}: it is not listed in the manifest {manifest} "
+            "(SANDBOXLOAD_MANIFEST). Add it with 'sandboxload pin' once you have vetted it.",
+        )
+
+
+class FormatNotAllowedError(_FileError, PermissionError):
+    """The file's format is not in SANDBOXLOAD_FORMATS."""
+
+    def __init__(self, file: str, fmt: str, allowed: tuple[str, ...]) -> None:
+        self.format = fmt
+        super().__init__(
+            file,
+            f"sandboxload refused {file!r}: its bytes are {fmt}, and SANDBOXLOAD_FORMATS "
+            f"allows only {', '.join(allowed)}. Convert the file, or widen the allowlist.",
+        )
+
+
+class OfflineError(_FileError, ConnectionError):
+    """A Hugging Face download was attempted while SANDBOXLOAD_OFFLINE is on."""
+
+    def __init__(self, file: str, detail: str) -> None:
+        super().__init__(
+            file,
+            f"sandboxload offline mode: {file!r} is not available locally and nothing "
+            f"may be downloaded ({detail}). Bake the model into the image (or a local "
+            "mirror) and load it by path, or unset SANDBOXLOAD_OFFLINE.",
         )

@@ -14,12 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import audit, formats, policy
+from . import audit, formats, pinning, policy
 from .errors import (
     CorruptCheckpointError,
+    FormatNotAllowedError,
+    HashMismatchError,
     InvalidSafetensorsError,
     PickleRefusedError,
     TorchScriptRefusedError,
+    UnpinnedFileError,
     UnsupportedFormatError,
 )
 
@@ -63,6 +66,7 @@ class Decision:
     fmt: str
     size: int
     start: float
+    sha256: str | None = None
 
     def __call__(self, decision: str, route: str, reason: str) -> None:
         audit.record(
@@ -70,12 +74,40 @@ class Decision:
             api=self.api,
             file=self.file,
             format=self.fmt,
+            sha256=self.sha256,
             decision=decision,
             route=route,
             reason=reason,
             bytes=self.size,
             ms=round((time.perf_counter() - self.start) * 1000, 3),
         )
+
+
+# Sniffed format -> its name in SANDBOXLOAD_FORMATS (every pickle stream torch would read as
+# a legacy checkpoint counts as torch-legacy).
+ALLOWLIST_NAMES = {
+    formats.SAFETENSORS: "safetensors",
+    formats.TORCH_ZIP: "torch-zip",
+    formats.TORCH_LEGACY: "torch-legacy",
+    formats.TORCH_TAR: "torch-legacy",
+    formats.PICKLE: "torch-legacy",
+    formats.UNKNOWN: "torch-legacy",
+    formats.NUMPY: "numpy",
+}
+
+
+def admit(
+    pol: policy.Policy, decide: Decision, fd: int | None, fmt: str, data: bytes | None = None
+) -> None:
+    """The policy gates every file passes before any parser sees it: the format allowlist,
+    then hash pinning (digest from this very descriptor)."""
+    try:
+        if pol.formats and ALLOWLIST_NAMES.get(fmt, fmt) not in pol.formats:
+            raise FormatNotAllowedError(decide.file, fmt, pol.formats)
+        decide.sha256 = pinning.check(fd, decide.file, data, pol.manifest)
+    except (FormatNotAllowedError, HashMismatchError, UnpinnedFileError) as exc:
+        decide("refused", "none", type(exc).__name__)
+        raise
 
 
 def _describe(f: Any) -> str:
@@ -123,7 +155,7 @@ def torch_load(
         fmt = formats.sniff(src.file)
 
         log = Decision(pol, api, src.name, fmt, src.size, start)
-
+        admit(pol, log, src.fd, fmt, _stream_bytes(src) if pol.manifest else None)
         if fmt == formats.SAFETENSORS:
             result = _safetensors_state_dict(src, map_location)
             log("loaded", "safetensors", "safetensors holds no code")
@@ -188,6 +220,16 @@ def _sandboxed(src: Source, fmt: str, pol: policy.Policy, map_location: Any) -> 
         os.close(fd)
 
 
+def _stream_bytes(src: Source) -> bytes | None:
+    """The rest of an in-memory stream (to hash it), leaving its position unchanged."""
+    if src.fd is not None:
+        return None
+    pos = src.file.tell()
+    data = src.file.read()
+    src.file.seek(pos)
+    return data
+
+
 def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:
     """A safetensors file that reached torch.load: validated, then loaded by safetensors."""
     from .maplocation import relocate
@@ -224,7 +266,7 @@ def safetensors_open(
         fmt = formats.sniff(src.file)
 
         decide = Decision(pol, api, src.name, fmt, src.size, start)
-
+        admit(pol, decide, src.fd, fmt)
         try:
             if fmt != formats.SAFETENSORS:
                 raise InvalidSafetensorsError(src.name, f"its bytes are a {fmt} file")
@@ -245,6 +287,7 @@ def safetensors_bytes(original: Callable[..., Any], data: bytes, api: str) -> An
     start = time.perf_counter()
     pol = policy.current()
     decide = Decision(pol, api, "<bytes>", "safetensors", len(data), start)
+    admit(pol, decide, None, formats.SAFETENSORS, bytes(data) if pol.manifest else None)
     try:
         parse_header(bytes(data[: 8 + 100 * 1024 * 1024]), len(data), "<bytes>")
     except InvalidSafetensorsError as exc:

@@ -16,7 +16,16 @@ from typing import Any
 from .bootstrap import is_true
 from .errors import PolicyError
 
-__all__ = ["ENV_NAMES", "PICKLE_MODES", "POLICY_ENV", "Policy", "current", "is_true", "resolve"]
+__all__ = [
+    "ENV_NAMES",
+    "PICKLE_MODES",
+    "POLICY_ENV",
+    "Policy",
+    "PolicyError",
+    "current",
+    "is_true",
+    "resolve",
+]
 
 POLICY_ENV = "SANDBOXLOAD_POLICY"
 PICKLE_MODES = ("sandbox", "refuse", "allow")
@@ -35,6 +44,9 @@ class Policy:
     cpu_seconds: int = 300
     remote_code: str = "refuse"
     spare: bool = True
+    manifest: str | None = None
+    formats: tuple[str, ...] = ()  # empty: every format the loaders read
+    offline: bool = False
     # Where each non-default value came from ("env SANDBOXLOAD_PICKLE", "file /etc/x.toml").
     origins: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -81,6 +93,29 @@ def _globals(value: Any, origin: str) -> tuple[str, ...]:
     return names
 
 
+FORMAT_NAMES = ("safetensors", "torch-zip", "torch-legacy", "numpy")
+
+
+def _formats(value: Any, origin: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise PolicyError(f"{origin} must be a comma-separated list of: {', '.join(FORMAT_NAMES)}")
+    names = tuple(x.strip().lower() for x in items if x.strip())
+    unknown = [n for n in names if n not in FORMAT_NAMES]
+    if unknown or not names:
+        raise PolicyError(
+            f"{origin} = {value!r}: unknown format(s) {', '.join(unknown) or '(none)'}; "
+            f"use a comma-separated list of: {', '.join(FORMAT_NAMES)}"
+        )
+    return names
+
+
+def _path(value: Any, origin: str) -> str | None:
+    if not isinstance(value, str):
+        raise PolicyError(f"{origin} = {value!r} must be a file path")
+    return value.strip() or None
+
+
 def _number(kind: type, low: float) -> Callable[[Any, str], Any]:
     def parse(value: Any, origin: str) -> Any:
         try:
@@ -111,6 +146,9 @@ SETTINGS = (
     _Setting("cpu_seconds", "SANDBOXLOAD_CPU_SECONDS", _number(int, 1)),
     _Setting("remote_code", "SANDBOXLOAD_REMOTE_CODE", _choice(("refuse", "allow"))),
     _Setting("spare", "SANDBOXLOAD_SPARE", _switch),
+    _Setting("manifest", "SANDBOXLOAD_MANIFEST", _path),
+    _Setting("formats", "SANDBOXLOAD_FORMATS", _formats),
+    _Setting("offline", "SANDBOXLOAD_OFFLINE", _switch),
 )
 ENV_NAMES = (POLICY_ENV, *(s.env for s in SETTINGS))
 
@@ -136,9 +174,10 @@ def _read_file(path: str) -> dict[str, Any]:
             f"known settings are: {', '.join(sorted(known))}"
         )
     base = os.path.dirname(os.path.abspath(path))
-    if isinstance(data.get("audit_log"), str) and data["audit_log"] not in ("", "-"):
-        # Paths in a policy file are relative to the file, not to wherever the app runs.
-        data["audit_log"] = os.path.join(base, data["audit_log"])
+    for key in ("audit_log", "manifest"):
+        if isinstance(data.get(key), str) and data[key] not in ("", "-"):
+            # Paths in a policy file are relative to the file, not to wherever the app runs.
+            data[key] = os.path.join(base, data[key])
     return data
 
 
