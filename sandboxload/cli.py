@@ -18,7 +18,7 @@ from .bootstrap import ACTIVATE_ENV
 from .errors import PolicyError
 
 RESERVED = ("run", "scan", "convert", "pin", "verify", "doctor")
-NOT_YET = ("scan", "convert", "pin", "verify")
+NOT_YET = ("scan", "convert")
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 # CLI option -> the env variable it sets (the CLI sits on top of the env in precedence).
@@ -32,6 +32,9 @@ OPTION_ENV = {
     "memory_mb": "SANDBOXLOAD_MEMORY_MB",
     "cpu_seconds": "SANDBOXLOAD_CPU_SECONDS",
     "remote_code": "SANDBOXLOAD_REMOTE_CODE",
+    "manifest": "SANDBOXLOAD_MANIFEST",
+    "formats": "SANDBOXLOAD_FORMATS",
+    "offline": "SANDBOXLOAD_OFFLINE",
 }
 
 
@@ -93,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
         choices=("refuse", "allow"),
         help="code shipped with a model (auto_map, custom modules): SANDBOXLOAD_REMOTE_CODE",
     )
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="sha256sum manifest every weight file must match (SANDBOXLOAD_MANIFEST)",
+    )
+    p.add_argument(
+        "--formats",
+        metavar="LIST",
+        help="allowed formats: safetensors,torch-zip,torch-legacy,numpy (SANDBOXLOAD_FORMATS)",
+    )
+    p.add_argument(
+        "--offline", choices=("on", "off"), help="no Hugging Face downloads (SANDBOXLOAD_OFFLINE)"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="COMMAND [ARGS...]")
     return p
 
@@ -142,6 +158,8 @@ def main(argv: list[str] | None = None) -> int | None:
     for option, env in OPTION_ENV.items():
         value = getattr(opts, option)
         if value is not None:
+            if option in ("policy", "manifest", "audit_log") and value != "-":
+                value = os.path.abspath(value)  # COMMAND may run from another directory
             os.environ[env] = value
     os.environ[ACTIVATE_ENV] = "1"
     from . import policy
@@ -161,6 +179,10 @@ def main(argv: list[str] | None = None) -> int | None:
             "not have yet; use 'run -- COMMAND' to run a program of that name",
             2,
         )
+    if command[0] in ("pin", "verify"):
+        from . import pincli
+
+        return getattr(pincli, command[0])(command[1:])
     if command[0] == "doctor":
         from .doctor import run as doctor
 

@@ -1,0 +1,75 @@
+"""``sandboxload pin`` and ``sandboxload verify``: write and check a hash manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import pinning
+from .errors import PolicyError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")
+
+
+def _weight_files(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _dirs, files in os.walk(p):
+                out += [os.path.join(root, f) for f in files if f.endswith(WEIGHT_SUFFIXES)]
+        else:
+            out.append(p)
+    return sorted(set(out))
+
+
+def pin(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="sandboxload pin",
+        description="Write a sha256sum manifest of weight files "
+        "(directories: every weight file below them).",
+    )
+    ap.add_argument("--manifest", required=True, help="the manifest to write")
+    ap.add_argument("paths", nargs="+")
+    opts = ap.parse_args(argv)
+    files = _weight_files(opts.paths)
+    if not files:
+        sys.stderr.write("sandboxload pin: no weight files found\n")
+        return 2
+    pinning.write_manifest(files, opts.manifest)
+    print(f"pinned {len(files)} file(s) in {opts.manifest}")
+    return 0
+
+
+def verify(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="sandboxload verify", description="Check every file a manifest lists."
+    )
+    ap.add_argument("--manifest", required=True)
+    opts = ap.parse_args(argv)
+    try:
+        listed = pinning.manifest(opts.manifest)
+    except (OSError, PolicyError) as exc:
+        sys.stderr.write(f"sandboxload verify: {exc}\n")
+        return 2
+    bad = 0
+    seen: set[str] = set()
+    for path, expected in sorted(listed.by_path.items()):
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            print(f"MISSING  {path} ({exc.strerror})")
+            bad += 1
+            continue
+        try:
+            actual = pinning.digest_fd(fd)
+        finally:
+            os.close(fd)
+        ok = actual == expected
+        bad += not ok
+        print(f"{'OK' if ok else 'MISMATCH'}  {path}")
+    return 1 if bad else 0

@@ -1,0 +1,253 @@
+"""Policy beyond pickle: hash pinning, format allowlist, offline mode, shared audit log,
+one policy file for everything; each through the real loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from sandboxload import pinning, policy
+from sandboxload.errors import FormatNotAllowedError, HashMismatchError, UnpinnedFileError
+
+from .conftest import PY, clean_env
+from .test_hf import copy_model, pickle_copy
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+@pytest.fixture
+def audit_log(sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SANDBOXLOAD_AUDIT_LOG", str(log))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return log
+
+
+def entries(log: Path) -> list[dict]:
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def pin(tmp_path: Path, *paths: Path) -> Path:
+    manifest = tmp_path / "SHA256SUMS"
+    pinning.write_manifest([str(p) for p in paths], str(manifest))
+    return manifest
+
+
+def flip_a_byte(path: Path, at: int = -1) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_manifest_is_sha256sum_compatible(tmp_path: Path) -> None:
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"hello")
+    manifest = pin(tmp_path, a)
+    proc = subprocess.run(
+        ["sha256sum", "-c", str(manifest)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "a.bin: OK" in proc.stdout
+
+
+def test_pinned_files_load_and_tampered_or_unlisted_are_refused(
+    audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkl, st, other = tmp_path / "w.pt", tmp_path / "w.safetensors", tmp_path / "x.pt"
+    torch.save({"w": torch.arange(4.0)}, pkl)
+    safetensors.torch.save_file({"w": torch.arange(4.0)}, str(st))
+    torch.save({"w": torch.ones(1)}, other)
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(pin(tmp_path, pkl, st)))
+    assert torch.equal(torch.load(pkl)["w"], torch.arange(4.0))
+    assert torch.equal(safetensors.torch.load_file(str(st))["w"], torch.arange(4.0))
+    log = entries(audit_log)
+    assert [e["decision"] for e in log] == ["loaded", "loaded"]
+    assert log[0]["sha256"] == pinning.digest_fd(os.open(pkl, os.O_RDONLY))
+    with pytest.raises(UnpinnedFileError, match="not listed in the manifest"):
+        torch.load(other)
+    flip_a_byte(st)
+    with pytest.raises(HashMismatchError, match="SHA-256"):
+        safetensors.torch.load_file(str(st))
+    flip_a_byte(pkl, at=100)
+    with pytest.raises(HashMismatchError):
+        torch.load(pkl)
+    import io
+
+    with pytest.raises(UnpinnedFileError):  # an in-memory stream must match a pinned digest
+        torch.load(io.BytesIO(other.read_bytes()))
+    assert [e["decision"] for e in entries(audit_log)][2:] == ["refused"] * 4
+
+
+def test_pinned_model_through_sentence_transformers(
+    audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = copy_model(tmp_path / "m")
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(pin(tmp_path, model / "model.safetensors")))
+    SentenceTransformer(str(model), device="cpu")
+    flip_a_byte(model / "model.safetensors")
+    with pytest.raises(HashMismatchError):
+        SentenceTransformer(str(model), device="cpu")
+
+
+def test_digest_cache_is_per_file_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    calls: list[int] = []
+    real = os.pread
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        calls.append(n)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(pinning.os, "pread", counting)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        first = pinning.digest_fd(fd)
+        hashed = len(calls)
+        assert pinning.digest_fd(fd) == first and len(calls) == hashed  # no re-hash
+    finally:
+        os.close(fd)
+    path.write_bytes(os.urandom(1 << 20))  # changed: hashed again
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert pinning.digest_fd(fd) != first and len(calls) > hashed
+    finally:
+        os.close(fd)
+
+
+def test_hugging_face_cache_blob_is_checked_by_its_name(audit_log: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "hub" / "models--org--m"
+    blob_dir, snap = cache / "blobs", cache / "snapshots" / "abc123"
+    blob_dir.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    src = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({"w": torch.ones(3)}, str(src))
+    fd = os.open(src, os.O_RDONLY)
+    digest = pinning.digest_fd(fd)
+    os.close(fd)
+    blob = blob_dir / digest
+    blob.write_bytes(src.read_bytes())
+    (snap / "model.safetensors").symlink_to(blob)
+    assert torch.equal(
+        safetensors.torch.load_file(str(snap / "model.safetensors"))["w"], torch.ones(3)
+    )
+    flip_a_byte(blob)
+    with pytest.raises(HashMismatchError, match="Hugging Face cache blob"):
+        safetensors.torch.load_file(str(snap / "model.safetensors"))
+
+
+def test_safetensors_only_allowlist(
+    audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("SANDBOXLOAD_FORMATS", "safetensors")
+    renamed = tmp_path / "model.safetensors"
+    torch.save({"w": torch.ones(2)}, renamed)  # a pickle named like safetensors
+    for load in (lambda: safetensors.torch.load_file(str(renamed)), lambda: torch.load(renamed)):
+        with pytest.raises(FormatNotAllowedError, match="torch-zip"):
+            load()
+    with pytest.raises(FormatNotAllowedError):
+        SentenceTransformer(str(pickle_copy(tmp_path / "pkl")), device="cpu")
+    SentenceTransformer(str(copy_model(tmp_path / "st")), device="cpu")  # still loads
+    log = entries(audit_log)
+    assert [e["decision"] for e in log if e["file"] == str(renamed)] == ["refused", "refused"]
+    assert log[-1]["decision"] == "loaded" and log[-1]["format"] == "safetensors"
+
+
+def test_offline_mode_fails_clearly_without_touching_the_network(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import json, sys\n"
+        "events = []\n"
+        "NET = {'socket.connect', 'socket.getaddrinfo', 'socket.gethostbyname', 'socket.sendto'}\n"
+        "sys.addaudithook(lambda e, a: events.append(e) if e in NET else None)\n"
+        "try:\n"
+        "    from sentence_transformers import SentenceTransformer\n"
+        "    SentenceTransformer('sentence-transformers/all-MiniLM-L6-v2')\n"
+        "    out = 'loaded'\n"
+        "except Exception as exc:\n"
+        "    out = f'{type(exc).__name__}: {exc}'\n"
+        "print(json.dumps({'outcome': out, 'network': events}))\n"
+    )
+    env = clean_env(SANDBOXLOAD="1", SANDBOXLOAD_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    proc = subprocess.run([PY, str(probe)], env=env, capture_output=True, text=True, timeout=300)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["outcome"].startswith("OfflineError: sandboxload offline mode"), result
+    assert result["network"] == []
+
+
+def test_two_processes_share_one_audit_log(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    code = (
+        "import sys\nfrom sandboxload import audit\n"
+        "for i in range(400):\n"
+        "    audit.record(sys.argv[1], file='x' * 3000, n=i, who=sys.argv[2])\n"
+    )
+    procs = [
+        subprocess.Popen([PY, "-c", code, str(log), who], env=clean_env()) for who in ("a", "b")
+    ]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 800
+    records = [json.loads(line) for line in lines]  # every line whole and valid
+    assert sorted(r["n"] for r in records if r["who"] == "a") == list(range(400))
+    assert {"time", "pid", "file"} <= set(records[0])
+
+
+def test_readme_production_policy_is_complete_and_valid(tmp_path: Path) -> None:
+    """The README's production example sets every setting, and resolves as written."""
+    text = README.read_text()
+    block = re.search(r"```toml\n(# production.*?)```", text, re.S)
+    assert block is not None
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(block.group(1))
+    (tmp_path / "SHA256SUMS").write_text("")
+    import tomllib
+
+    keys = set(tomllib.loads(block.group(1)))
+    assert keys == {s.name for s in policy.SETTINGS}
+    pol = policy.resolve({"SANDBOXLOAD_POLICY": str(policy_file)})
+    assert pol.formats == ("safetensors",) and pol.offline and pol.pickle == "refuse"
+    assert pol.manifest is not None and Path(pol.manifest).is_absolute()
+
+
+def test_wrapper_options_for_the_gates(tmp_path: Path) -> None:
+    code = (
+        "import os; print(os.environ['SANDBOXLOAD_MANIFEST'], "
+        "os.environ['SANDBOXLOAD_FORMATS'], os.environ['HF_HUB_OFFLINE'])"
+    )
+    (tmp_path / "m.txt").write_text("")
+    proc = subprocess.run(
+        [
+            PY,
+            "-m",
+            "sandboxload",
+            "--manifest",
+            "m.txt",
+            "--formats",
+            "safetensors",
+            "--offline",
+            "on",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.split() == [str(tmp_path / "m.txt"), "safetensors", "1"], proc.stderr
