@@ -173,24 +173,29 @@ def main(argv: list[str] | None = None) -> int | None:
         command = command[1:]
     if not command:
         return _error("no COMMAND given (see --help)", 2)
-    if command[0] in NOT_YET:
+    if command[0] in RESERVED:
+        return _subcommand(command[0], command[1:])
+    return _run(command)
+
+
+def _subcommand(name: str, args: list[str]) -> int | None:
+    if name in NOT_YET:
         return _error(
-            f"'{command[0]}' is reserved for a subcommand that this version does "
-            "not have yet; use 'run -- COMMAND' to run a program of that name",
+            f"'{name}' is reserved for a subcommand that this version does not have yet; "
+            "use 'run -- COMMAND' to run a program of that name",
             2,
         )
-    if command[0] in ("pin", "verify"):
+    if name in ("pin", "verify"):
         from . import pincli
 
-        return getattr(pincli, command[0])(command[1:])
-    if command[0] == "doctor":
+        return int(getattr(pincli, name)(args))
+    if name == "doctor":
         from .doctor import run as doctor
 
         return doctor()
-    if command[0] == "run":
-        command = command[1:]
-        if command and command[0] == "--":
-            command = command[1:]
-        if not command:
-            return _error("run: no COMMAND given", 2)
-    return _run(command)
+    # run [--] COMMAND: a program whose name is one of the reserved words
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        return _error("run: no COMMAND given", 2)
+    return _run(args)

@@ -74,13 +74,12 @@ def digest_fd(fd: int) -> str:
     if cached is not None:
         return cached
     h = hashlib.sha256()
+    buf = bytearray(CHUNK)  # one buffer, refilled: hashing allocates nothing per chunk
+    view = memoryview(buf)
     offset = 0
-    while True:
-        chunk = os.pread(fd, CHUNK, offset)
-        if not chunk:
-            break
-        h.update(chunk)
-        offset += len(chunk)
+    while n := os.preadv(fd, [buf], offset):
+        h.update(view[:n])
+        offset += n
     digest = h.hexdigest()
     if key is not None:
         _digests.put(key, digest)

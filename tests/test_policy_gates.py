@@ -102,13 +102,13 @@ def test_digest_cache_is_per_file_identity(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "w.bin"
     path.write_bytes(os.urandom(1 << 20))
     calls: list[int] = []
-    real = os.pread
+    real = os.preadv
 
-    def counting(fd: int, n: int, offset: int) -> bytes:
-        calls.append(n)
-        return real(fd, n, offset)
+    def counting(fd: int, buffers: list[bytearray], offset: int) -> int:
+        calls.append(offset)
+        return real(fd, buffers, offset)
 
-    monkeypatch.setattr(pinning.os, "pread", counting)
+    monkeypatch.setattr(pinning.os, "preadv", counting)
     fd = os.open(path, os.O_RDONLY)
     try:
         first = pinning.digest_fd(fd)
