@@ -251,3 +251,25 @@ def test_wrapper_options_for_the_gates(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.stdout.split() == [str(tmp_path / "m.txt"), "safetensors", "1"], proc.stderr
+
+
+def test_pin_and_verify_subcommands(tmp_path: Path) -> None:
+    model = copy_model(tmp_path / "m")
+    manifest = tmp_path / "SUMS"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "sandboxload", *args],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    proc = cli("pin", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 0 and "pinned 1 file(s)" in proc.stdout, proc.stderr
+    assert manifest.read_text().endswith("  m/model.safetensors\n")
+    assert cli("verify", "--manifest", str(manifest)).returncode == 0
+    flip_a_byte(model / "model.safetensors")
+    proc = cli("verify", "--manifest", str(manifest))
+    assert proc.returncode == 1 and "MISMATCH" in proc.stdout

@@ -142,10 +142,15 @@ def settle() -> tuple[int | None, set[int]]:
         return _spare.proc.pid, held
 
 
+PRESTART_DELAY = 0.25
+
+
 def prestart() -> None:
-    """Start the first spare in the background (called when torch is patched): the first
-    sandboxed load then skips interpreter start-up too. Quietly does nothing where the filter
-    cannot be built; the load itself will report that."""
+    """Start the first spare in the background, shortly after torch is patched: a server's
+    first sandboxed load then skips interpreter start-up too, while a short script that only
+    imports torch is gone before anything starts (measured: ``import torch`` went from
+    1.016x to 1.025x with an immediate start). Quietly does nothing where the filter cannot
+    be built; the load itself will report that."""
 
     def build() -> None:
         from .confine import build_filter
@@ -156,4 +161,7 @@ def prestart() -> None:
             return
         enable(program)
 
-    _background(build)
+    timer = threading.Timer(PRESTART_DELAY, build)
+    timer.daemon = True
+    _threads.append(timer)
+    timer.start()
