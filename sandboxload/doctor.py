@@ -75,6 +75,8 @@ def run() -> int:
         pol = policy.current()
         print(
             f"policy: pickle={pol.pickle} seccomp={'on' if pol.seccomp else 'off'} "
+            f"remote_code={pol.remote_code} formats={','.join(pol.formats) or 'all'} "
+            f"manifest={pol.manifest or '-'} offline={'on' if pol.offline else 'off'} "
             f"timeout={pol.timeout:g}s audit_log={pol.audit_log or '-'}"
         )
         for name, origin in sorted(pol.origins.items()):

@@ -273,3 +273,19 @@ def test_pin_and_verify_subcommands(tmp_path: Path) -> None:
     flip_a_byte(model / "model.safetensors")
     proc = cli("verify", "--manifest", str(manifest))
     assert proc.returncode == 1 and "MISMATCH" in proc.stdout
+
+
+def test_audit_also_goes_to_the_logger(
+    sandboxed: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({"w": torch.ones(1)}, str(path))
+    with caplog.at_level(logging.INFO, logger="sandboxload.audit"):
+        safetensors.torch.load_file(str(path))
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sandboxload.audit"]
+    assert records and records[-1]["file"] == str(path)
+    assert {"time", "pid", "file", "format", "sha256", "decision", "reason", "bytes", "ms"} <= set(
+        records[-1]
+    )
