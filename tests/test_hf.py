@@ -280,8 +280,9 @@ def test_config_named_classes_are_refused(hf: Path, tmp_path: Path, where: str) 
         (path / "modules.json").write_text(json.dumps(modules))
     else:
         add_dense(path, "builtins.breakpoint")
-    with pytest.raises(RemoteCodeRefusedError, match=r"builtins\.breakpoint|os\.system"):
+    with pytest.raises(RemoteCodeRefusedError, match=r"builtins\.breakpoint|os\.system") as info:
         st_encode(path, trust_remote_code=True)
+    assert str(path) in str(info.value)  # names the model folder
 
 
 def test_dense_module_weights_go_through_sandboxload(hf: Path, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ and ``safetensors`` entry points.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -22,13 +24,26 @@ from ._common import is_patched, mark, replace_everywhere
 ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
 
 
+def _model_folder() -> str:
+    """The model being loaded, for the error message only: the nearest caller frame that
+    holds a model path (sentence-transformers passes it down under these names)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        for name in ("model_name_or_path", "model_path", "input_path", "path"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, str) and os.path.isdir(value):
+                return os.path.join(value, "modules.json") if name != "path" else value
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<sentence-transformers model configuration>"
+
+
 def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original, updated=())
     def import_from_string(dotted_path: str) -> Any:
         allowed = isinstance(dotted_path, str) and dotted_path.startswith(ALLOWED_PREFIXES)
         if not allowed and policy.current().remote_code != "allow":
             raise RemoteCodeRefusedError(
-                "<sentence-transformers config>",
+                _model_folder(),
                 f"its configuration names {dotted_path!r}, which is neither a "
                 "sentence-transformers class nor a torch.nn module",
             )
@@ -38,7 +53,7 @@ def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
 
             if not (isinstance(result, type) and issubclass(result, torch.nn.Module)):
                 raise RemoteCodeRefusedError(
-                    "<sentence-transformers config>",
+                    _model_folder(),
                     f"{dotted_path!r} is not a torch.nn.Module class",
                 )
         return result
