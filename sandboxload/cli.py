@@ -18,7 +18,7 @@ from .bootstrap import ACTIVATE_ENV
 from .errors import PolicyError
 
 RESERVED = ("run", "scan", "convert", "pin", "verify", "doctor")
-NOT_YET = ("scan", "convert")
+NOT_YET = ("convert",)
 SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
 
 # CLI option -> the env variable it sets (the CLI sits on top of the env in precedence).
@@ -189,6 +189,10 @@ def _subcommand(name: str, args: list[str]) -> int | None:
         from . import pincli
 
         return int(getattr(pincli, name)(args))
+    if name == "scan":
+        from .scancli import scan
+
+        return scan(args)
     if name == "doctor":
         from .doctor import run as doctor
 

@@ -105,7 +105,7 @@ def test_version_help_and_reserved_words() -> None:
     helptext = wrapper("--help").stdout
     for word in ("--pickle", "--audit-log", "--policy", "--site-dir", "run -- COMMAND"):
         assert word in helptext
-    proc = wrapper("scan", "x")
+    proc = wrapper("convert", "x")
     assert proc.returncode == 2 and "reserved" in proc.stderr
     assert wrapper().returncode == 2
 
@@ -130,3 +130,22 @@ def test_doctor_proves_the_filter() -> None:
     assert "killed by seccomp" in proc.stdout and "activates a new interpreter" in proc.stdout
     proc = wrapper("--seccomp", "off", "doctor")
     assert proc.returncode == 1 and "SANDBOXLOAD_SECCOMP=off" in proc.stdout
+
+
+def test_scan(tmp_path: Path, malicious: dict[str, Path], canary: Path) -> None:
+    import safetensors.torch
+    import torch
+
+    models = tmp_path / "models"
+    models.mkdir()
+    safetensors.torch.save_file({"w": torch.ones(2)}, str(models / "a.safetensors"))
+    torch.save({"w": torch.ones(2)}, models / "b.bin")
+    proc = wrapper("scan", "--json", str(models))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = {Path(r["file"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert verdicts["a.safetensors"]["verdict"] == "ok"
+    assert verdicts["b.bin"]["verdict"] == "ok" and "only data" in verdicts["b.bin"]["detail"]
+    (models / "c.pt").write_bytes(malicious["zip"].read_bytes())
+    proc = wrapper("scan", str(models))
+    assert proc.returncode == 1 and "posix.system" in proc.stdout
+    assert wrapper("scan", str(tmp_path / "missing.bin")).returncode == 2
