@@ -12,7 +12,8 @@ from .errors import PolicyError
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")
 
 
-def _weight_files(paths: list[str]) -> list[str]:
+def weight_files(paths: list[str]) -> list[str]:
+    """The files named, and every weight file below the directories named."""
     out = []
     for p in paths:
         if os.path.isdir(p):
@@ -32,7 +33,7 @@ def pin(argv: list[str]) -> int:
     ap.add_argument("--manifest", required=True, help="the manifest to write")
     ap.add_argument("paths", nargs="+")
     opts = ap.parse_args(argv)
-    files = _weight_files(opts.paths)
+    files = weight_files(opts.paths)
     if not files:
         sys.stderr.write("sandboxload pin: no weight files found\n")
         return 2

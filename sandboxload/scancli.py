@@ -14,18 +14,7 @@ import os
 
 from . import formats, policy
 from .errors import SandboxLoadError
-from .pincli import WEIGHT_SUFFIXES
-
-
-def _candidates(paths: list[str]) -> list[str]:
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _dirs, files in os.walk(p):
-                out += [os.path.join(root, f) for f in files if f.endswith(WEIGHT_SUFFIXES)]
-        else:
-            out.append(p)
-    return sorted(set(out))
+from .pincli import weight_files
 
 
 def classify(path: str) -> dict[str, str]:
@@ -82,7 +71,7 @@ def scan(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object per file")
     ap.add_argument("paths", nargs="+")
     opts = ap.parse_args(argv)
-    results = [classify(p) for p in _candidates(opts.paths)]
+    results = [classify(p) for p in weight_files(opts.paths)]
     for r in results:
         if opts.json:
             print(json.dumps(r))
