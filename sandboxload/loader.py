@@ -161,8 +161,9 @@ def torch_load(
             log("loaded", "safetensors", "safetensors holds no code")
             return result
         if pol.pickle == "allow":
-            # Opt-in migration mode: the caller's own arguments, the original loader.
-            target = src.file if src.fd is None else f
+            # Opt-in migration mode: the caller's own arguments, the original loader; a path
+            # goes as /proc/self/fd/N, the very inode that was sniffed (and pinned).
+            target = src.file if src.fd is None else f"/proc/self/fd/{src.fd}"
             result = original(
                 target,
                 map_location,
