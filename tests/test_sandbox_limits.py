@@ -400,3 +400,27 @@ def test_unchanged_file_is_described_once(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(6)}, path)  # same path, new bytes (new mtime/ctime)
     assert torch.equal(torch.load(path)["w"], torch.zeros(6))
     assert spare.settle()[0] != ready
+
+
+def test_allow_globals_admits_only_plain_data_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandboxload.errors import CorruptCheckpointError as Corrupt
+
+    from .plain_classes import TrainConfig, WithSetstate
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.ones(2), "cfg": TrainConfig(0.1, [1, 2])}, path)
+    with pytest.raises(UnsafeGlobalError, match=r"tests\.plain_classes\.TrainConfig"):
+        torch.load(path)
+    monkeypatch.setenv("SANDBOXLOAD_ALLOW_GLOBALS", "tests.plain_classes.TrainConfig")
+    out = torch.load(path)
+    assert type(out["cfg"]) is TrainConfig and vars(out["cfg"]) == {"lr": 0.1, "layers": [1, 2]}
+
+    canary = tmp_path / "canary"
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": WithSetstate(str(canary))}, bad)
+    monkeypatch.setenv("SANDBOXLOAD_ALLOW_GLOBALS", "tests.plain_classes.WithSetstate")
+    with pytest.raises(Corrupt, match="not a plain data class"):
+        torch.load(bad)
+    assert not canary.exists()

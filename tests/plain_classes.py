@@ -1,0 +1,22 @@
+"""Classes for the SANDBOXLOAD_ALLOW_GLOBALS tests (importable as tests.plain_classes)."""
+
+from __future__ import annotations
+
+
+class TrainConfig:
+    """A plain data class: rebuilt by object.__new__ + __dict__, no code of its own runs."""
+
+    def __init__(self, lr: float, layers: list[int]) -> None:
+        self.lr = lr
+        self.layers = layers
+
+
+class WithSetstate:
+    """Has code that unpickling would run: never admitted, even when allowed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        open(state["path"], "w").close()  # what a real unpickle would do
+        self.__dict__.update(state)
