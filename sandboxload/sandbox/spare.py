@@ -62,6 +62,24 @@ _program: bytes | None = None
 _threads: list[threading.Thread] = []
 
 
+def _after_fork_in_child() -> None:
+    """A forked child starts with no spare and a fresh lock (the parent's may have been held
+    by another thread at fork time); its copies of the parent spare's descriptors are closed,
+    which leaves the parent's spare untouched."""
+    global _lock, _spare
+    _lock = threading.Lock()
+    if _spare is not None:
+        _spare.sock.close()
+        for pipe in (_spare.proc.stdout, _spare.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    _spare = None
+    _threads.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _start(program: bytes) -> Spare:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
