@@ -35,8 +35,6 @@ STORAGE_DTYPES = {
     "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8",
 }  # fmt: skip
 
-# NumPy dtype character codes accepted for arrays and scalars (no objects, no structures).
-NUMPY_KINDS = frozenset("biufc?")
 
 SHELLS = frozenset({"list", "dict", "odict", "counter", "namespace", "object"})
 

@@ -67,12 +67,12 @@ class Rebuilder:
         file_storage: Callable[[], Any],
         memfd_storage: Callable[[], Any],
         file_size: int,
-        memfd_used: int,
+        memfd_size: int,
         extra_globals: tuple[str, ...],
     ) -> None:
         self.name = name
         self.map_location = map_location
-        self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_used)}
+        self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_size)}
         self.extra_globals = extra_globals
         self.storages: list[tuple[Any, str, int]] = []  # (untyped storage, dtype, nbytes)
         self.objects: list[Any] = []

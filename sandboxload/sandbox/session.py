@@ -107,7 +107,7 @@ def _build(
         file_storage=_mapping(fd, size),
         memfd_storage=_mapping(memfd, memfd_size) if memfd is not None else no_memfd,
         file_size=size,
-        memfd_used=memfd_size,
+        memfd_size=memfd_size,
         extra_globals=pol.allow_globals,
     )
 

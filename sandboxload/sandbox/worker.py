@@ -82,7 +82,6 @@ def parse(config: dict) -> dict:
         "root": root_id,
         "nodes": d.nodes,
         "storages": out.storages,
-        "memfd_used": out.pos,
     }
 
 
