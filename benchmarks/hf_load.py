@@ -50,10 +50,10 @@ ALTERNATING = """
 import json, statistics, sys, time
 import safetensors.torch
 import sandboxload
-from sandboxload.patches.safetensors import original_safe_open
+from sandboxload.patches.registry import SAFE_OPEN, original
 path, runs = sys.argv[1], int(sys.argv[2])
 def plain():
-    with original_safe_open()(path, framework="pt") as f:
+    with original(SAFE_OPEN)(path, framework="pt") as f:
         return f.get_tensors()
 sandboxload.activate(export_env=False)
 guarded = lambda: safetensors.torch.load_file(path)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import sandboxload
-from sandboxload.patches.torch import original_load
+from sandboxload.patches.registry import TORCH_LOAD, original
 
 
 def bert_base_state_dict() -> dict[str, torch.Tensor]:
@@ -94,7 +94,7 @@ def main() -> int:
     for k in [k for k in os.environ if k.startswith("SANDBOXLOAD_")]:
         del os.environ[k]
     sandboxload.activate(export_env=False)
-    plain = original_load()
+    plain = original(TORCH_LOAD)
     with tempfile.TemporaryDirectory() as d:
         big, one = Path(d) / "bert.bin", Path(d) / "one.bin"
         sd = bert_base_state_dict()
@@ -108,13 +108,13 @@ def main() -> int:
             lambda: torch.load(one),
         ):
             fn()
-        from sandboxload.sandbox import session, spare
+        from sandboxload.sandbox import load, spare
 
         def parse_ms(path: Path) -> float:
             """One load that really parses in a worker: the kept description is forgotten
             first, and the spare worker (started after the previous load) has finished
             starting, as it has between the loads of a real application."""
-            session._described.items.clear()
+            load._kept.items.clear()
             spare.settle()
             time.sleep(0.05)
             return median_ms(lambda: torch.load(path, weights_only=True), 1)

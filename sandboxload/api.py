@@ -14,10 +14,7 @@ def load(f: str | os.PathLike[str] | IO[bytes], map_location: Any = None) -> Any
     Takes what ``torch.load`` takes for ``f`` and ``map_location``; the caller cannot ask for
     in-process unpickling here, only the policy (``SANDBOXLOAD_PICKLE=allow``) can.
     """
-    from .patches.torch import original_load
-
     return loader.torch_load(
-        original_load(),
         f,
         map_location=map_location,
         pickle_module=None,

@@ -48,7 +48,9 @@ _active = False
 
 
 def is_true(value: str | None) -> bool:
-    """The one boolean vocabulary of every env switch: ``1/true/yes/on``, any case."""
+    """The activation flag's words: ``1/true/yes/on``, any case (the same words as every
+    switch of :mod:`policy`, which this start-up module does not import; a test keeps them
+    equal)."""
     return value is not None and value.strip().lower() in TRUE_WORDS
 
 
@@ -67,8 +69,8 @@ def activate(*, export_env: bool = True) -> None:
         return
     if export_env and not is_true(os.environ.get(ACTIVATE_ENV)):
         os.environ[ACTIVATE_ENV] = "1"
-    if is_true(os.environ.get("SANDBOXLOAD_OFFLINE")) or os.environ.get("SANDBOXLOAD_POLICY"):
-        _offline_env()
+    if "SANDBOXLOAD_OFFLINE" in os.environ or os.environ.get("SANDBOXLOAD_POLICY"):
+        _offline_env()  # only then is the policy worth resolving at start-up
     for name, target in PATCHES.items():
         register(name, target)
     _active = True

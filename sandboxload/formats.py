@@ -1,8 +1,9 @@
-"""What a weight file is, decided from its bytes (never from its name).
+"""Every format name, and what a weight file is, decided from its bytes (never its name).
 
 The branch taken mirrors the one ``torch.load`` itself would take (zip magic first, then the
 legacy pickle stream), so a file cannot be classified as one thing here and parsed as another
-there.
+there. The sniffed name is what the audit log, ``scan`` and error messages print; the tables
+below map it to the name ``SANDBOXLOAD_FORMATS`` uses and to the sandbox reader that parses it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import struct
 import zipfile
 from typing import IO, Final
+
+from .sandbox.protocol import READ_LEGACY, READ_TAR, READ_ZIP
 
 SAFETENSORS: Final = "safetensors"
 TORCH_ZIP: Final = "torch-zip"
@@ -21,8 +24,43 @@ PICKLE: Final = "pickle"
 ZIP: Final = "zip"
 UNKNOWN: Final = "unknown"
 
-# Formats whose loading means running a pickle stream (an unknown file fed to torch.load is
-# unpickled as a legacy checkpoint, so it belongs here too).
+# Every sniffed name, with what it means (the docs' format table is checked against this).
+SNIFFED: Final = {
+    SAFETENSORS: "a safetensors file (JSON header + raw tensor data; holds no code)",
+    TORCH_ZIP: "torch.save's zip format (data.pkl + one record per storage)",
+    TORCH_LEGACY: "torch.save's legacy format (stacked pickles after torch's magic number)",
+    TORCH_TAR: "torch's oldest format, a tar of pickles",
+    TORCHSCRIPT: "a TorchScript archive (torch.jit.save): carries code",
+    NUMPY: "a NumPy .npy file, or a .npz of them",
+    PICKLE: "a bare pickle stream without torch's magic number",
+    ZIP: "a zip that is neither a torch checkpoint nor TorchScript nor .npz",
+    UNKNOWN: "anything else (torch.load would try it as a legacy stream)",
+}
+
+# Names SANDBOXLOAD_FORMATS accepts.
+POLICY_FORMATS: Final = (SAFETENSORS, TORCH_ZIP, TORCH_LEGACY, NUMPY)
+# Sniffed name -> its name in SANDBOXLOAD_FORMATS: every pickle stream torch would read as a
+# legacy checkpoint counts as torch-legacy. Absent (TorchScript, other zips): never allowed by
+# name, so any allowlist refuses them.
+POLICY_NAME: Final = {
+    SAFETENSORS: SAFETENSORS,
+    TORCH_ZIP: TORCH_ZIP,
+    TORCH_LEGACY: TORCH_LEGACY,
+    TORCH_TAR: TORCH_LEGACY,
+    PICKLE: TORCH_LEGACY,
+    UNKNOWN: TORCH_LEGACY,
+    NUMPY: NUMPY,
+}
+# Sniffed name -> the sandbox reader that parses it. A raw pickle or unknown bytes is read as
+# a legacy stream, as torch.load would, and fails its magic-number check safely.
+READER: Final = {
+    TORCH_ZIP: READ_ZIP,
+    TORCH_LEGACY: READ_LEGACY,
+    PICKLE: READ_LEGACY,
+    UNKNOWN: READ_LEGACY,
+    TORCH_TAR: READ_TAR,
+}
+# Formats whose loading means running a pickle stream.
 PICKLE_BASED: Final = frozenset(
     {TORCH_ZIP, TORCH_LEGACY, TORCH_TAR, TORCHSCRIPT, PICKLE, ZIP, UNKNOWN}
 )

@@ -1,4 +1,9 @@
-"""``torch.load``'s ``map_location`` applied to tensors that were materialised on the CPU."""
+"""``torch.load``'s ``map_location``, the one implementation both routes use.
+
+The sandbox route applies it to every storage it builds (with the location tag the file
+recorded); the safetensors route applies it to each tensor's storage as a ``"cpu"`` storage,
+which is what torch itself does when ``torch.load`` is handed a safetensors file.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,37 @@ from typing import Any
 import torch
 
 
-def _target(map_location: Any) -> Any:
+def restore(storage: torch.UntypedStorage, location: str, map_location: Any) -> Any:
+    """Where a storage saved at ``location`` goes, by torch's own rules
+    (``default_restore_location`` for every form but a callable's own answer)."""
+    default = torch.serialization.default_restore_location
     if map_location is None:
-        return None
+        return default(storage, location)
     if isinstance(map_location, dict):
-        return map_location.get("cpu")
-    if isinstance(map_location, (str, torch.device)):
-        return torch.device(map_location)
-    return map_location  # a callable, applied per storage
+        return default(storage, map_location.get(location, location))
+    if isinstance(map_location, (str, bytes)):
+        target = map_location.decode() if isinstance(map_location, bytes) else map_location
+        return default(storage, target)
+    if isinstance(map_location, torch.device):
+        return default(storage, str(map_location))
+    result = map_location(storage, location)
+    return default(storage, location) if result is None else result
+
+
+def untyped(storage: Any) -> torch.UntypedStorage:
+    return storage.untyped_storage() if isinstance(storage, torch.TypedStorage) else storage
 
 
 def relocate(tensors: dict[str, torch.Tensor], map_location: Any) -> dict[str, torch.Tensor]:
-    """Move CPU tensors as ``torch.load`` would for storages saved with location ``"cpu"``."""
-    target = _target(map_location)
-    if target is None:
+    """Apply ``map_location`` to tensors that were materialised on the CPU."""
+    if map_location is None:
         return tensors
-    if callable(target) and not isinstance(target, torch.device):
-        return {k: _via_callable(t, target) for k, t in tensors.items()}
-    return {k: t.to(torch.device(target)) for k, t in tensors.items()}
-
-
-def _via_callable(t: torch.Tensor, fn: Any) -> torch.Tensor:
-    storage = fn(t.untyped_storage(), "cpu")
-    if storage is None:
-        return t
-    if isinstance(storage, torch.TypedStorage):
-        storage = storage.untyped_storage()
-    out = torch.empty((0,), dtype=t.dtype, device=storage.device)
-    return out.set_(storage, t.storage_offset(), t.size(), t.stride())
+    out = {}
+    for key, t in tensors.items():
+        storage = untyped(restore(t.untyped_storage(), "cpu", map_location))
+        if storage is t.untyped_storage():
+            out[key] = t
+            continue
+        moved = torch.empty((0,), dtype=t.dtype, device=storage.device)
+        out[key] = moved.set_(storage, t.storage_offset(), t.size(), t.stride())
+    return out

@@ -1,4 +1,5 @@
-"""Rules for the files of a model folder that redirect loading (attacker input too).
+"""Model folders: the files in them that redirect loading (attacker input too), and walking
+them for weight files.
 
 An index's ``weight_map``, a config's ``transformers_weights``: every file they name must stay
 inside the model folder, and when safetensors were asked for, must be safetensors.
@@ -52,3 +53,18 @@ def check_explicit_weights(model_dir: str, name: str) -> None:
         raise ModelFolderError(
             where, f"transformers_weights names {name!r}, outside the model folder"
         )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")
+
+
+def weight_files(paths: Iterable[str]) -> list[str]:
+    """The files named, and every weight file (by suffix) below the directories named."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _dirs, files in os.walk(p):
+                out += [os.path.join(root, f) for f in files if f.endswith(WEIGHT_SUFFIXES)]
+        else:
+            out.append(p)
+    return sorted(set(out))

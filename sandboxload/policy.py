@@ -1,57 +1,35 @@
-"""Settings, resolved in one place: defaults < policy file < ``SANDBOXLOAD_*`` env < CLI.
+"""THE settings table, and its resolution: defaults < policy file < ``SANDBOXLOAD_*`` env < CLI.
 
-The wrapper turns its options into ``SANDBOXLOAD_*`` variables before running the command, so
-"CLI over env" holds and child processes inherit the same policy. A bad value raises
-:class:`PolicyError` naming the setting, where it came from, and the accepted values.
+Each field of :class:`Policy` is one setting, declared once with :func:`setting`: its default,
+parser, help and metavar. From that one declaration come its env variable
+(``SANDBOXLOAD_<NAME>``), its key in a TOML policy file (``<name>``), its wrapper flag
+(``--<name-with-dashes>``), ``doctor``'s report and the docs' table
+(``docs/settings.md``, checked by a test). The wrapper exports its options as the env
+variables (so child processes inherit the policy) and names them in
+``SANDBOXLOAD_WRAPPER_OPTIONS``, so every process reports where a value really came from.
+A bad value raises :class:`PolicyError` naming the setting, its origin and what is accepted.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from .bootstrap import is_true
 from .errors import PolicyError
+from .formats import POLICY_FORMATS
 
-__all__ = [
-    "ENV_NAMES",
-    "PICKLE_MODES",
-    "POLICY_ENV",
-    "Policy",
-    "PolicyError",
-    "current",
-    "is_true",
-    "resolve",
-]
-
-POLICY_ENV = "SANDBOXLOAD_POLICY"
+ENV_PREFIX = "SANDBOXLOAD_"
 PICKLE_MODES = ("sandbox", "refuse", "allow")
+REMOTE_CODE_MODES = ("refuse", "allow")
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+Parser = Callable[[Any, str], Any]
 
 
-@dataclass(frozen=True)
-class Policy:
-    """The effective settings for one load decision."""
-
-    pickle: str = "sandbox"
-    audit_log: str | None = None
-    seccomp: bool = True
-    allow_globals: tuple[str, ...] = ()
-    timeout: float = 300.0
-    memory_mb: int | None = None  # None: 1 GiB plus twice the checkpoint's size
-    cpu_seconds: int = 300
-    remote_code: str = "refuse"
-    spare: bool = True
-    manifest: str | None = None
-    formats: tuple[str, ...] = ()  # empty: every format the loaders read
-    offline: bool = False
-    # Where each non-default value came from ("env SANDBOXLOAD_PICKLE", "file /etc/x.toml").
-    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-
-def _choice(accepted: tuple[str, ...]) -> Callable[[Any, str], str]:
+def _choice(accepted: tuple[str, ...]) -> Parser:
     def parse(value: Any, origin: str) -> str:
         word = str(value).strip().lower()
         if not isinstance(value, str) or word not in accepted:
@@ -63,49 +41,48 @@ def _choice(accepted: tuple[str, ...]) -> Callable[[Any, str], str]:
     return parse
 
 
-def _audit_target(value: Any, origin: str) -> str | None:
-    if not isinstance(value, str):
-        raise PolicyError(f"{origin} = {value!r} must be a file path, or '-' for stderr")
-    value = value.strip()
-    return value or None
-
-
 def _switch(value: Any, origin: str) -> bool:
     if isinstance(value, bool):
         return value
     word = str(value).strip().lower()
-    if word in ("1", "true", "yes", "on"):
+    if word in TRUE_WORDS:
         return True
-    if word in ("0", "false", "no", "off"):
+    if word in FALSE_WORDS:
         return False
     raise PolicyError(f"{origin} = {value!r} is not accepted; use on or off (1/0, true/false)")
 
 
-def _globals(value: Any, origin: str) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
-        raise PolicyError(f"{origin} must be a comma-separated list of module.Name globals")
-    names = tuple(x.strip() for x in items if x.strip())
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
-            raise PolicyError(f"{origin}: {name!r} is not a dotted global name (module.Name)")
-    return names
+def _names(what: str, check: Callable[[str, str], None]) -> Parser:
+    def parse(value: Any, origin: str) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+            raise PolicyError(f"{origin} must be a comma-separated list of {what}")
+        names = tuple(x.strip() for x in items if x.strip())
+        for name in names:
+            check(name, origin)
+        return names
+
+    return parse
 
 
-FORMAT_NAMES = ("safetensors", "torch-zip", "torch-legacy", "numpy")
+def _dotted(name: str, origin: str) -> None:
+    module, _, attr = name.rpartition(".")
+    if not module or not all(p.isidentifier() for p in (*module.split("."), attr)):
+        raise PolicyError(f"{origin}: {name!r} is not a dotted global name (module.Name)")
 
 
 def _formats(value: Any, origin: str) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
-        raise PolicyError(f"{origin} must be a comma-separated list of: {', '.join(FORMAT_NAMES)}")
+        raise PolicyError(
+            f"{origin} must be a comma-separated list of: {', '.join(POLICY_FORMATS)}"
+        )
     names = tuple(x.strip().lower() for x in items if x.strip())
-    unknown = [n for n in names if n not in FORMAT_NAMES]
+    unknown = [n for n in names if n not in POLICY_FORMATS]
     if unknown or not names:
         raise PolicyError(
             f"{origin} = {value!r}: unknown format(s) {', '.join(unknown) or '(none)'}; "
-            f"use a comma-separated list of: {', '.join(FORMAT_NAMES)}"
+            f"use a comma-separated list of: {', '.join(POLICY_FORMATS)}"
         )
     return names
 
@@ -116,7 +93,7 @@ def _path(value: Any, origin: str) -> str | None:
     return value.strip() or None
 
 
-def _number(kind: type, low: float) -> Callable[[Any, str], Any]:
+def _number(kind: type, low: float) -> Parser:
     def parse(value: Any, origin: str) -> Any:
         try:
             number = kind(value)
@@ -129,28 +106,105 @@ def _number(kind: type, low: float) -> Callable[[Any, str], Any]:
     return parse
 
 
+def setting(default: Any, parse: Parser, help: str, metavar: str, *, path: bool = False) -> Any:
+    """Declare one setting (a field of :class:`Policy`)."""
+    meta = {"parse": parse, "help": help, "metavar": metavar, "path": path}
+    return field(default=default, metadata={"setting": meta})
+
+
 @dataclass(frozen=True)
-class _Setting:
+class Policy:
+    """The effective settings for one load decision; each field is one setting."""
+
+    pickle: str = setting(
+        "sandbox",
+        _choice(PICKLE_MODES),
+        "pickle checkpoints: parse in the confined child, refuse, or load in-process (audited)",
+        "{sandbox,refuse,allow}",
+    )
+    remote_code: str = setting(
+        "refuse",
+        _choice(REMOTE_CODE_MODES),
+        "code shipped with a model (auto_map, custom modules)",
+        "{refuse,allow}",
+    )
+    formats: tuple[str, ...] = setting(
+        (),
+        _formats,
+        f"formats allowed to load (default: all): {','.join(POLICY_FORMATS)}",
+        "LIST",
+    )
+    manifest: str | None = setting(
+        None, _path, "sha256sum manifest every weight file must match", "FILE", path=True
+    )
+    offline: bool = setting(False, _switch, "no Hugging Face downloads", "{on,off}")
+    audit_log: str | None = setting(
+        None, _path, "append one JSON line per load decision; '-' is stderr", "PATH", path=True
+    )
+    allow_globals: tuple[str, ...] = setting(
+        (),
+        _names("module.Name globals", _dotted),
+        "extra plain data classes a pickle may name (rebuilt without running their code)",
+        "MOD.NAME,...",
+    )
+    seccomp: bool = setting(
+        True,
+        _switch,
+        "confine the sandbox child with seccomp; off is an explicit, unsafe opt-out",
+        "{on,off}",
+    )
+    timeout: float = setting(
+        300.0, _number(float, 0.001), "wall-clock limit of one sandboxed parse", "SECONDS"
+    )
+    memory_mb: int | None = setting(
+        None,
+        _number(int, 32),
+        "address-space limit of the sandbox child (default: 1 GiB + twice the file)",
+        "MB",
+    )
+    cpu_seconds: int = setting(300, _number(int, 1), "CPU limit of the sandbox child", "SECONDS")
+    spare: bool = setting(
+        True, _switch, "keep a sandbox worker started before it is needed", "{on,off}"
+    )
+    # Where each non-default value came from ("env SANDBOXLOAD_PICKLE", "file /etc/x.toml").
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table, derived from a :class:`Policy` field."""
+
     name: str
-    env: str
-    parse: Callable[[Any, str], Any]
+    default: Any
+    parse: Parser
+    help: str
+    metavar: str
+    path: bool
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def toml_key(self) -> str:
+        return self.name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
-SETTINGS = (
-    _Setting("pickle", "SANDBOXLOAD_PICKLE", _choice(PICKLE_MODES)),
-    _Setting("audit_log", "SANDBOXLOAD_AUDIT_LOG", _audit_target),
-    _Setting("seccomp", "SANDBOXLOAD_SECCOMP", _switch),
-    _Setting("allow_globals", "SANDBOXLOAD_ALLOW_GLOBALS", _globals),
-    _Setting("timeout", "SANDBOXLOAD_TIMEOUT", _number(float, 0.001)),
-    _Setting("memory_mb", "SANDBOXLOAD_MEMORY_MB", _number(int, 32)),
-    _Setting("cpu_seconds", "SANDBOXLOAD_CPU_SECONDS", _number(int, 1)),
-    _Setting("remote_code", "SANDBOXLOAD_REMOTE_CODE", _choice(("refuse", "allow"))),
-    _Setting("spare", "SANDBOXLOAD_SPARE", _switch),
-    _Setting("manifest", "SANDBOXLOAD_MANIFEST", _path),
-    _Setting("formats", "SANDBOXLOAD_FORMATS", _formats),
-    _Setting("offline", "SANDBOXLOAD_OFFLINE", _switch),
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.default, **f.metadata["setting"])
+    for f in fields(Policy)
+    if "setting" in f.metadata
 )
-ENV_NAMES = (POLICY_ENV, *(s.env for s in SETTINGS))
+BY_NAME = {s.name: s for s in SETTINGS}
+# The policy file itself: an env variable and a wrapper flag, not a key of the file.
+POLICY_FILE = Setting("policy", None, _path, "policy TOML file", "FILE", path=True)
+# Set by the wrapper: the settings it exported from its own options (for origins only).
+WRAPPER_OPTIONS_ENV = ENV_PREFIX + "WRAPPER_OPTIONS"
+ENV_NAMES = (POLICY_FILE.env, WRAPPER_OPTIONS_ENV, *(s.env for s in SETTINGS))
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -161,42 +215,44 @@ def _read_file(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except OSError as exc:
         raise PolicyError(
-            f"{POLICY_ENV}={path!r}: cannot read the policy file ({exc.strerror}); "
+            f"{POLICY_FILE.env}={path!r}: cannot read the policy file ({exc.strerror}); "
             "fix the path or unset the variable"
         ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path!r} is not valid TOML: {exc}") from exc
-    known = {s.name for s in SETTINGS}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(BY_NAME))
     if unknown:
         raise PolicyError(
             f"policy file {path!r}: unknown setting(s) {', '.join(unknown)}; "
-            f"known settings are: {', '.join(sorted(known))}"
+            f"known settings are: {', '.join(sorted(BY_NAME))}"
         )
     base = os.path.dirname(os.path.abspath(path))
-    for key in ("audit_log", "manifest"):
-        if isinstance(data.get(key), str) and data[key] not in ("", "-"):
+    for s in SETTINGS:
+        value = data.get(s.toml_key)
+        if s.path and isinstance(value, str) and value not in ("", "-"):
             # Paths in a policy file are relative to the file, not to wherever the app runs.
-            data[key] = os.path.join(base, data[key])
+            data[s.toml_key] = os.path.join(base, value)
     return data
 
 
 def resolve(env: Mapping[str, str] | None = None) -> Policy:
-    """Resolve the policy from ``env`` (default: ``os.environ``)."""
+    """Resolve the policy from ``env`` (default: ``os.environ``), with each value's origin."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    path = env.get(POLICY_ENV, "").strip()
+    path = env.get(POLICY_FILE.env, "").strip()
     if path:
         raw = _read_file(path)
         for s in SETTINGS:
-            if s.name in raw:
-                values[s.name] = s.parse(raw[s.name], f"{s.name} in policy file {path!r}")
+            if s.toml_key in raw:
+                values[s.name] = s.parse(raw[s.toml_key], f"{s.toml_key} in policy file {path!r}")
                 origins[s.name] = f"file {path}"
+    from_wrapper = set(env.get(WRAPPER_OPTIONS_ENV, "").split(","))
     for s in SETTINGS:
         if s.env in env:
-            values[s.name] = s.parse(env[s.env], s.env)
-            origins[s.name] = f"env {s.env}"
+            by_wrapper = s.name in from_wrapper
+            values[s.name] = s.parse(env[s.env], s.flag if by_wrapper else s.env)
+            origins[s.name] = f"wrapper option {s.flag}" if by_wrapper else f"env {s.env}"
     return Policy(**values, origins=origins)
 
 
@@ -209,7 +265,7 @@ def current() -> Policy:
     """The policy for this moment, re-resolved only when the env or the policy file changed."""
     items = tuple((n, os.environ[n]) for n in ENV_NAMES if n in os.environ)
     stamp = None
-    path = os.environ.get(POLICY_ENV, "").strip()
+    path = os.environ.get(POLICY_FILE.env, "").strip()
     if path:
         try:
             st = os.stat(path)
@@ -217,3 +273,27 @@ def current() -> Policy:
         except OSError:
             stamp = None  # resolve() reports the unreadable file
     return _cached(items, stamp)
+
+
+def markdown_table() -> str:
+    """The settings table of ``docs/settings.md`` (a test keeps the two equal)."""
+    rows = [
+        "| setting (TOML key) | env variable | wrapper flag | default | what it does |",
+        "|---|---|---|---|---|",
+        f"| - | `{POLICY_FILE.env}` | `{POLICY_FILE.flag} {POLICY_FILE.metavar}` | unset | "
+        f"{POLICY_FILE.help} |",
+    ]
+    for s in SETTINGS:
+        default = _show(s.default)
+        rows.append(
+            f"| `{s.toml_key}` | `{s.env}` | `{s.flag} {s.metavar}` | {default} | {s.help} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _show(value: Any) -> str:
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "`on`" if value else "`off`"
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"

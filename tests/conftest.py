@@ -1,57 +1,16 @@
-"""Shared helpers: real interpreters, real checkpoints written by torch.save, real payloads."""
+"""Fixtures: benign and malicious checkpoints written by torch.save, a canary that must never
+appear, this process activated, and one audit log."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-PY = sys.executable
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any sandboxload switch, plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SANDBOXLOAD")
-        and k not in ("PYTHONPATH", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    }
-    env.update(extra)
-    return env
-
-
-def run_py(
-    code: str,
-    *flags: str,
-    env: dict[str, str] | None = None,
-    cwd: str | Path | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter of this environment."""
-    return subprocess.run(
-        [PY, *flags, "-c", code],
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-class Payload:
-    """Pickles to a call of ``os.system`` that creates ``canary``: the classic attack."""
-
-    def __init__(self, canary: Path) -> None:
-        self.canary = canary
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.canary}",))
+from .helpers import Payload
 
 
 @pytest.fixture
@@ -101,11 +60,6 @@ def malicious(tmp_path: Path, canary: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def py() -> Callable[..., subprocess.CompletedProcess[str]]:
-    return run_py
-
-
-@pytest.fixture
 def sandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process activated, with no SANDBOXLOAD_* setting: the defaults (sandbox mode)."""
     import sandboxload
@@ -114,3 +68,13 @@ def sandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
         if k.startswith("SANDBOXLOAD_"):
             monkeypatch.delenv(k)
     sandboxload.activate(export_env=False)
+
+
+@pytest.fixture
+def audit_log(sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Activated, offline for Hugging Face, every load decision audited to this file."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    log = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("SANDBOXLOAD_AUDIT_LOG", str(log))
+    return log

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sandboxload.patches.torch import original_load
+from sandboxload.patches.registry import TORCH_LOAD, original
 
 DTYPES = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -125,7 +125,7 @@ def save_forms(obj: Any, directory: Path, name: str) -> list[Path]:
     try:
         torch.save(obj, path, _use_new_zipfile_serialization=False)
         # Our own file: check that the real (unpatched) torch.load can read it back.
-        original_load()(path, weights_only=False)
+        original(TORCH_LOAD)(path, weights_only=False)
         out.append(path)
     except Exception:  # newer dtypes save in the legacy format but do not load from it
         path.unlink(missing_ok=True)

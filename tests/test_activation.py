@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PY, clean_env, run_py
+from .helpers import (
+    PY,
+    clean_env,
+    run_py,
+)
 
 STATE = (
     "import sys, json; b = sys.modules.get('sandboxload.bootstrap'); "
@@ -49,12 +53,8 @@ def test_activation_imports_nothing_heavy() -> None:
     on = set(json.loads(on_proc.stdout))
     added = on - off
     assert "torch" not in on
-    assert added <= {
-        "sandboxload",
-        "sandboxload.bootstrap",
-        "sandboxload._env",
-        "__future__",
-    }, added
+    # Exactly the package and its start-up module: nothing else, not even stdlib extras.
+    assert added == {"sandboxload", "sandboxload.bootstrap"}, added
 
 
 def test_torch_is_patched_when_imported_later(checkpoints: dict[str, Path]) -> None:
@@ -73,8 +73,9 @@ def test_activate_patches_an_already_imported_torch(checkpoints: dict[str, Path]
         "import torch, sandboxload, os\n"
         "assert not getattr(torch.load, '__sandboxload__', False)\n"
         "sandboxload.activate(); sandboxload.activate()\n"
-        "from sandboxload.patches.torch import original_load, is_patched\n"
-        "assert not is_patched(original_load())\n"
+        "from sandboxload.patches.registry import original, TORCH_LOAD\n"
+        "from sandboxload.patches._common import is_patched\n"
+        "assert not is_patched(original(TORCH_LOAD))\n"
         f"try:\n    torch.serialization.load({str(checkpoints['legacy'])!r})\n"
         "except sandboxload.PickleRefusedError:\n"
         "    print('refused', os.environ['SANDBOXLOAD'])\n"
@@ -98,8 +99,9 @@ def test_site_dir_alone(tmp_path: Path) -> None:
     assert active(PYTHONPATH=SITE_DIR)
     # Both surfaces at once: one activation, torch patched once.
     code = (
-        "import torch; from sandboxload.patches.torch import original_load, is_patched; "
-        "print(is_patched(torch.load), is_patched(original_load()))"
+        "import torch; from sandboxload.patches.registry import original, TORCH_LOAD; "
+        "from sandboxload.patches._common import is_patched; "
+        "print(is_patched(torch.load), is_patched(original(TORCH_LOAD)))"
     )
     proc = run_py(code, env=clean_env(PYTHONPATH=SITE_DIR, SANDBOXLOAD="1"))
     assert proc.stdout.strip() == "True False", proc.stderr

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PY, clean_env
+from .helpers import (
+    PY,
+    clean_env,
+)
 
 
 def wrapper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

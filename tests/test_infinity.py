@@ -15,12 +15,19 @@ from typing import Any
 
 import pytest
 
-from .conftest import PY, Payload, clean_env
-from .test_hf import copy_model, pickle_copy, remote_code_model, state_dict
+from .helpers import (
+    PY,
+    SENTENCES,
+    Payload,
+    clean_env,
+    copy_model,
+    pickle_copy,
+    remote_code_model,
+    state_dict,
+)
 
 pytest.importorskip("infinity_emb")
 INFINITY = str(Path(sys.executable).parent / "infinity_emb")
-SENTENCES = ["sandboxload keeps weights inert", "An embedding server on a pickle checkpoint."]
 
 
 def transformers_major() -> int:

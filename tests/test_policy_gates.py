@@ -17,8 +17,12 @@ import torch
 from sandboxload import pinning, policy
 from sandboxload.errors import FormatNotAllowedError, HashMismatchError, UnpinnedFileError
 
-from .conftest import PY, clean_env
-from .test_hf import copy_model, pickle_copy
+from .helpers import (
+    PY,
+    clean_env,
+    copy_model,
+    pickle_copy,
+)
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -13,7 +13,10 @@ import torch
 import sandboxload
 from sandboxload.errors import PickleRefusedError, TorchScriptRefusedError, UnsupportedFormatError
 
-from .conftest import clean_env, run_py
+from .helpers import (
+    clean_env,
+    run_py,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -137,9 +140,9 @@ def test_allow_mode_runs_the_original_and_audits(
 def test_patched_signature_is_torchs() -> None:
     import inspect
 
-    from sandboxload.patches.torch import original_load
+    from sandboxload.patches.registry import TORCH_LOAD, original
 
-    assert inspect.signature(torch.load) == inspect.signature(original_load())
+    assert inspect.signature(torch.load) == inspect.signature(original(TORCH_LOAD))
     assert torch.load is torch.serialization.load
     assert not hasattr(torch.load, "__wrapped__")
 

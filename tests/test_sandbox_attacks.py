@@ -14,7 +14,7 @@ import sandboxload
 from sandboxload.errors import SandboxLoadError
 
 from . import attacks
-from .conftest import PY, clean_env
+from .helpers import PY, clean_env
 
 LIVE_CHECK = """
 import json, os, sys, torch

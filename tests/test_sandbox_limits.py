@@ -24,10 +24,14 @@ from sandboxload.errors import (
     SandboxViolationError,
     UnsafeGlobalError,
 )
-from sandboxload.sandbox import session
+from sandboxload.sandbox.load import load as sandboxed_load
+from sandboxload.sandbox.protocol import READ_ZIP
 
 from .attacks import G, X, torch_zip
-from .conftest import clean_env, run_py
+from .helpers import (
+    clean_env,
+    run_py,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,10 +74,10 @@ def small(tmp_path: Path) -> Path:
 def test_forbidden_syscall_kills_the_worker(tmp_path: Path, probe: str, no_leaks: None) -> None:
     path = small(tmp_path)
     with open(path, "rb") as f, pytest.raises(SandboxViolationError, match="seccomp"):
-        session.load(
+        sandboxed_load(
             f.fileno(),
             path.stat().st_size,
-            "torch-zip",
+            READ_ZIP,
             str(path),
             policy.resolve({}),
             None,
@@ -85,10 +89,10 @@ def test_probe_is_harmless_without_the_filter(tmp_path: Path) -> None:
     """The kill above comes from the filter: with the (explicit) opt-out the probe succeeds."""
     path = small(tmp_path)
     with open(path, "rb") as f:
-        out = session.load(
+        out = sandboxed_load(
             f.fileno(),
             path.stat().st_size,
-            "torch-zip",
+            READ_ZIP,
             str(path),
             policy.resolve({"SANDBOXLOAD_SECCOMP": "off"}),
             None,

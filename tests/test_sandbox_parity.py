@@ -15,8 +15,8 @@ import torch
 import sandboxload
 
 from . import corpus
-from .conftest import PY, clean_env
 from .fingerprint import fingerprint
+from .helpers import PY, clean_env
 
 TESTS = Path(__file__).parent
 MAP_LOCATIONS = {

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "sandboxload" / "sandbox"))
-import unpickler
-import ziparchive
+from sandboxload.sandbox.child import ziparchive
+from sandboxload.sandbox.child.errors import Malformed
 
 
 def archive(data: bytes) -> ziparchive.ZipArchive:
@@ -42,7 +41,7 @@ def test_zip64_and_deflate() -> None:
     za = archive(buf.getvalue())
     assert za.read("a/data.pkl", 100) == b"stored payload"
     assert za.read("a/x", 1000) == b"y" * 1000
-    with pytest.raises(unpickler.Malformed, match="cap"):
+    with pytest.raises(Malformed, match="cap"):
         za.read("a/x", 999)
 
 
@@ -58,5 +57,5 @@ def test_rejects_broken_archives() -> None:
         (bytes(crc_bad), "CRC"),
         (good[:10] + good[40:], None),
     ]:
-        with pytest.raises(unpickler.Malformed, match=needle):
+        with pytest.raises(Malformed, match=needle):
             archive(data).read("a/data.pkl", 100)

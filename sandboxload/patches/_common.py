@@ -1,20 +1,60 @@
-"""Helpers shared by the patches: marking, and replacing copies imported by name."""
+"""The one way a function gets patched: wrap, mark, keep the original, rebind every copy."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import sys
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
 
-F = TypeVar("F")
+from . import registry
+
+Maker = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def mark(fn: F) -> F:
-    fn.__sandboxload__ = True  # type: ignore[attr-defined]
+def mark(fn: Any) -> Any:
+    fn.__sandboxload__ = True
     return fn
 
 
 def is_patched(fn: Any) -> bool:
     return getattr(fn, "__sandboxload__", False) is True
+
+
+def wrap(
+    module: ModuleType,
+    name: str,
+    make: Maker,
+    *,
+    keep_as: str | None = None,
+    also: Iterable[tuple[Any, str]] = (),
+) -> Callable[..., Any] | None:
+    """Replace ``module.name`` with ``make(original)``; a no-op if absent or already patched.
+
+    The replacement carries the original's name, docstring and signature but no
+    ``__wrapped__`` (which would hand callers the unguarded original). ``keep_as`` records the
+    original in :mod:`registry`; ``also`` names further ``(namespace, attribute)`` slots to
+    point at the replacement; every module-level copy made by ``from x import f`` is rebound.
+    """
+    original = getattr(module, name, None)
+    if original is None or is_patched(original):
+        return None
+    patched = make(original)
+    functools.update_wrapper(patched, original, updated=())
+    del patched.__wrapped__  # type: ignore[attr-defined]
+    with contextlib.suppress(TypeError, ValueError):  # a Rust callable may have none
+        patched.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+    mark(patched)
+    if keep_as is not None:
+        registry.keep(keep_as, original)
+    setattr(module, name, patched)
+    for namespace, attr in also:
+        setattr(namespace, attr, patched)
+    replace_everywhere(original, patched)
+    return patched
 
 
 def replace_everywhere(original: Any, patched: Any) -> None:
@@ -26,6 +66,6 @@ def replace_everywhere(original: Any, patched: Any) -> None:
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict):
             continue
-        for name, value in list(namespace.items()):
+        for attr, value in list(namespace.items()):
             if value is original:
-                namespace[name] = patched
+                namespace[attr] = patched

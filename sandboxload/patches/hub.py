@@ -3,14 +3,13 @@ not in the local cache is a clear :class:`OfflineError` rather than a network ti
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from .. import policy
 from ..errors import OfflineError
-from ._common import is_patched, mark, replace_everywhere
+from ._common import wrap
 
 _MISSES = ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
@@ -24,37 +23,31 @@ def patch_constants(module: ModuleType) -> None:
         pass
 
 
-def _guard(original: Callable[..., Any], what: str) -> Callable[..., Any]:
-    @functools.wraps(original, updated=())
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if not policy.current().offline:
-            return original(*args, **kwargs)
-        try:
-            return original(*args, **kwargs)
-        except Exception as exc:
-            if not any(c.__name__ in _MISSES for c in type(exc).__mro__):
-                raise
-            repo = kwargs.get("repo_id", args[0] if args else "?")
-            name = kwargs.get("filename", args[1] if len(args) > 1 and what == "file" else "")
-            target = f"{repo}/{name}" if name else str(repo)
-            raise OfflineError(target, f"{what} download refused: {type(exc).__name__}") from exc
+def _offline(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if not policy.current().offline:
+                return original(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            except Exception as exc:
+                if not any(c.__name__ in _MISSES for c in type(exc).__mro__):
+                    raise
+                repo = kwargs.get("repo_id", args[0] if args else "?")
+                name = kwargs.get("filename", args[1] if len(args) > 1 and what == "file" else "")
+                target = f"{repo}/{name}" if name else str(repo)
+                raise OfflineError(
+                    target, f"{what} download refused: {type(exc).__name__}"
+                ) from exc
 
-    del guarded.__wrapped__
-    return mark(guarded)
+        return guarded
 
-
-def _wrap(module: ModuleType, name: str, what: str) -> None:
-    original = getattr(module, name, None)
-    if original is None or is_patched(original):
-        return
-    patched = _guard(original, what)
-    setattr(module, name, patched)
-    replace_everywhere(original, patched)
+    return make
 
 
 def patch_download(module: ModuleType) -> None:
-    _wrap(module, "hf_hub_download", "file")
+    wrap(module, "hf_hub_download", _offline("file"))
 
 
 def patch_snapshot(module: ModuleType) -> None:
-    _wrap(module, "snapshot_download", "snapshot")
+    wrap(module, "snapshot_download", _offline("snapshot"))

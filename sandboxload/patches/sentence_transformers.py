@@ -10,7 +10,6 @@ and ``safetensors`` entry points.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 from .. import policy
 from ..errors import RemoteCodeRefusedError
-from ._common import is_patched, mark, replace_everywhere
+from ._common import wrap
 
 ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
 
@@ -38,7 +37,6 @@ def _model_folder() -> str:
 
 
 def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original, updated=())
     def import_from_string(dotted_path: str) -> Any:
         allowed = isinstance(dotted_path, str) and dotted_path.startswith(ALLOWED_PREFIXES)
         if not allowed and policy.current().remote_code != "allow":
@@ -58,15 +56,9 @@ def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
                 )
         return result
 
-    del import_from_string.__wrapped__
-    return mark(import_from_string)
+    return import_from_string
 
 
 def patch(module: ModuleType) -> None:
     """Hook for ``sentence_transformers.util`` (3.x) and ``...util.misc`` (6.x)."""
-    original = getattr(module, "import_from_string", None)
-    if original is None or is_patched(original):
-        return
-    patched = _guard(original)
-    module.import_from_string = patched
-    replace_everywhere(original, patched)
+    wrap(module, "import_from_string", _guard)

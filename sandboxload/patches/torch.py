@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from .. import loader
-from ._common import is_patched, mark, replace_everywhere
-
-_original: Callable[..., Any] | None = None
-
-
-def original_load() -> Callable[..., Any]:
-    """The unpatched ``torch.serialization.load`` (for the opt-in ``allow`` mode only)."""
-    if _original is None:
-        import torch.serialization
-
-        return torch.serialization.load
-    return _original
+from ._common import wrap
+from .registry import TORCH_LOAD
 
 
-def patch(torch: ModuleType) -> None:
-    """Replace both references; idempotent, and a no-op on an already patched torch."""
-    global _original
-    ser = torch.serialization
-    if is_patched(ser.load):
-        return
-    original = ser.load
-    _original = original
-
-    @functools.wraps(original, updated=())
+def _guarded(original: Callable[..., Any]) -> Callable[..., Any]:
     def load(
         f: Any,
         map_location: Any = None,
@@ -43,7 +22,6 @@ def patch(torch: ModuleType) -> None:
         **pickle_load_args: Any,
     ) -> Any:
         return loader.torch_load(
-            original,
             f,
             map_location=map_location,
             pickle_module=pickle_module,
@@ -53,15 +31,16 @@ def patch(torch: ModuleType) -> None:
             api="torch.load",
         )
 
-    # wraps() exposes the original through __wrapped__; a stated signature does not.
-    del load.__wrapped__
-    load.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    mark(load)
-    # Both names, even if something else wrapped torch.load: no route may stay unguarded.
-    ser.load = load
-    torch.load = load
-    replace_everywhere(original, load)
-    _prestart_sandbox()
+    return load
+
+
+def patch(torch: ModuleType) -> None:
+    """Replace both references; idempotent, and a no-op on an already patched torch.
+
+    Both names are set even if something else wrapped ``torch.load``: no route may stay
+    unguarded."""
+    if wrap(torch.serialization, "load", _guarded, keep_as=TORCH_LOAD, also=[(torch, "load")]):
+        _prestart_sandbox()
 
 
 def _prestart_sandbox() -> None:

@@ -6,7 +6,6 @@ Weight files themselves need nothing here: ``load_state_dict`` reaches the patch
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from types import ModuleType
@@ -14,17 +13,7 @@ from typing import Any
 
 from .. import modelfolder, policy
 from ..errors import RemoteCodeRefusedError, SandboxLoadError
-from ._common import is_patched, mark, replace_everywhere
-
-
-def _wrap(module: ModuleType, name: str, make: Callable[[Callable[..., Any]], Any]) -> None:
-    original = getattr(module, name, None)
-    if original is None or is_patched(original):
-        return
-    patched = mark(functools.wraps(original)(make(original)))
-    del patched.__wrapped__
-    setattr(module, name, patched)
-    replace_everywhere(original, patched)
+from ._common import wrap
 
 
 def _shards(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,21 +77,19 @@ def _surface(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def patch_hub(module: ModuleType) -> None:
-    _wrap(module, "get_checkpoint_shard_files", _shards)
+    wrap(module, "get_checkpoint_shard_files", _shards)
 
 
 def patch_modeling(module: ModuleType) -> None:
-    _wrap(module, "get_checkpoint_shard_files", _shards)
-    _wrap(module, "_get_resolved_checkpoint_files", _resolved)
-    _wrap(module, "load_state_dict", _surface)
+    wrap(module, "get_checkpoint_shard_files", _shards)
+    wrap(module, "_get_resolved_checkpoint_files", _resolved)
+    wrap(module, "load_state_dict", _surface)
 
 
 def patch_dynamic(module: ModuleType) -> None:
-    _wrap(
+    wrap(
         module,
         "get_class_from_dynamic_module",
         lambda f: _refuse_remote(f, "it ships its own code, class"),
     )
-    _wrap(
-        module, "get_class_in_module", lambda f: _refuse_remote(f, "it ships its own code, class")
-    )
+    wrap(module, "get_class_in_module", lambda f: _refuse_remote(f, "it ships its own code, class"))

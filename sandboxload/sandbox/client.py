@@ -32,6 +32,7 @@ from ..errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from . import protocol as p
 from . import spare
 
 STDERR_CAP = 64 * 1024
@@ -59,7 +60,7 @@ class Parsed:
 
 @lru_cache(maxsize=1)
 def _filter_program() -> bytes:
-    from .confine import build_filter
+    from .seccomp_filter import build_filter
 
     return build_filter()
 
@@ -80,6 +81,24 @@ def _memfd(capacity: int) -> int:
         # The child may fill it but never grow it: what it produces is bounded by us.
         fcntl.fcntl(
             fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def memfd_from_bytes(data: bytes, name: str = "sandboxload-in") -> int:
+    """A sealed, read-only memfd holding ``data`` (for file objects without a real file)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
         )
     except BaseException:
         os.close(fd)
@@ -116,6 +135,7 @@ def run(
                 "seccomp": int(limits.seccomp),
                 "probe": probe or "",
             }
+            assert set(config) == {*p.CONFIG_INTS, *p.CONFIG_STRS}  # the contract, whole
             out, err, status = _spawn(
                 [f"{k}={v}" for k, v in config.items()],
                 program,
@@ -245,17 +265,17 @@ def _answer(
     if not isinstance(error, dict):
         raise SandboxCrashedError(name, "malformed error report from the child")
     kind, message = str(error.get("kind")), str(error.get("message"))[:2000]
-    if kind == "unsafe_global":
+    if kind == p.ERR_UNSAFE_GLOBAL:
         raise UnsafeGlobalError(
             name, str(error.get("module"))[:200], str(error.get("name"))[:200], fmt
         )
-    if kind == "unsupported":
+    if kind == p.ERR_UNSUPPORTED:
         raise UnsupportedFormatError(
             name, "torch checkpoint", f"It uses {message}, which sandboxload does not rebuild."
         )
-    if kind == "memory":
+    if kind == p.ERR_MEMORY:
         raise SandboxMemoryError(name, limits.memory_bytes)
-    if kind == "seccomp_unavailable":
+    if kind == p.ERR_SECCOMP:
         raise SandboxUnavailableError(
             name, f"the seccomp filter could not be installed in the child ({message})"
         )

@@ -1,18 +1,109 @@
-"""The description the child sends back: JSON, never pickle. Shared by both sides (stdlib only).
+"""The wire contract between the parent and the sandbox child. Standard library only.
 
-A description is ``{"version", "root", "nodes", "storages"}`` or ``{"version", "error"}``.
+Both sides import this module and nothing else of each other: the child (``child/``) is told
+what to do through ``key=value`` config arguments, gets its descriptors at the fixed numbers
+below, and answers with one JSON description (never pickle) on stdout:
 
-``storages[i]`` is ``[dtype, nbytes, source, offset, location]``: ``source`` is ``"file"``
-(a byte range of the checkpoint, mapped zero-copy) or ``"memfd"`` (a range of the memfd the
-parent sized and sealed); ``location`` is torch's location tag (``"cpu"``, ``"cuda:0"``).
+- ``{"version", "root", "nodes", "storages"}``, or
+- ``{"version", "error": {"kind", "message", ...}}`` with a kind from :data:`ERROR_KINDS`.
 
-``nodes[i]`` is ``[kind, ...]``. Children are node indices. Mutable containers (``SHELLS``)
-may be referenced before they appear, so cycles through them survive; every other node may
-only reference lower indices or shells, so the parent builds everything in one forward pass
-plus one pass to fill the shells, with no recursion.
+``storages[i]`` has the fields of :data:`STORAGE_FIELDS`: ``source`` is ``"file"`` (a byte
+range of the checkpoint, mapped zero-copy) or ``"memfd"`` (a range of the memfd the parent
+sized and sealed); ``location`` is torch's location tag (``"cpu"``, ``"cuda:0"``).
+
+``nodes[i]`` is ``[kind, *fields]`` with the fields :data:`NODE_FIELDS` lists for the kind.
+Fields named ``*_id`` / ``items`` / ``pairs`` / ``attrs`` hold node indices. Mutable
+containers (:data:`SHELLS`) may be referenced before they appear, so cycles through them
+survive; every other node may only reference lower indices or shells, so the parent builds
+everything in one forward pass plus one pass to fill the shells, with no recursion.
 """
 
 VERSION = 1
+
+# Descriptor numbers in the child: 1 and 2 are the pipes back, 3 the checkpoint (read-only),
+# 4 the memfd. The child moves what it inherits to these, so one compiled filter fits all.
+CKPT_FD = 3
+MEMFD_FD = 4
+
+# Reader names: which parser the child runs (the parent maps sniffed formats onto these).
+READ_ZIP = "torch-zip"
+READ_LEGACY = "torch-legacy"
+READ_TAR = "torch-tar"
+READERS = (READ_ZIP, READ_LEGACY, READ_TAR)
+
+# Config keys, passed as ``key=value`` arguments (or, to a spare worker, as lines).
+CONFIG_INTS = (
+    "ckpt_fd",  # the inherited checkpoint descriptor (moved to CKPT_FD)
+    "memfd",  # the inherited memfd (moved to MEMFD_FD)
+    "size",  # the checkpoint's size in bytes
+    "memfd_capacity",  # the memfd's sealed size: everything produced must fit
+    "pickle_cap",  # the largest pickle record the child will decompress
+    "memory_bytes",  # RLIMIT_AS
+    "cpu_seconds",  # RLIMIT_CPU
+    "seccomp",  # 1: install the filter from stdin; 0: the explicit, unsafe opt-out
+)
+CONFIG_STRS = (
+    "format",  # one of READERS
+    "extra_globals",  # comma-separated module.Name the user allowed as plain data classes
+    "probe",  # tests and doctor: a forbidden operation to attempt after confinement
+)
+PROBES = ("open", "socket", "fork", "execve", "write_ckpt", "exec_memory")
+SPARE_ARG = "spare=1"  # a spare worker: wait on the socket ``sock=N`` for the config
+
+# Error kinds of a failed parse.
+ERR_UNSAFE_GLOBAL = "unsafe_global"  # + "module", "name": outside the allowlist
+ERR_UNSUPPORTED = "unsupported"  # a legitimate construct this loader does not rebuild
+ERR_MEMORY = "memory"  # the child ran out of RLIMIT_AS
+ERR_MALFORMED = "malformed"  # anything else wrong with the file
+ERR_SECCOMP = "seccomp_unavailable"  # the filter could not be installed
+ERROR_KINDS = (ERR_UNSAFE_GLOBAL, ERR_UNSUPPORTED, ERR_MEMORY, ERR_MALFORMED, ERR_SECCOMP)
+
+STORAGE_FIELDS = ("dtype", "nbytes", "source", "offset", "location")
+SOURCES = ("file", "memfd")
+
+# Node kind -> its fields after the kind.
+NODE_FIELDS = {
+    "none": (),
+    "bool": ("value",),
+    "int": ("value",),
+    "float": ("value",),  # a number, or "nan" / "inf" / "-inf"
+    "str": ("value",),
+    "bytes": ("base64",),
+    "bytearray": ("base64",),
+    "complex": ("real", "imag"),
+    "list": ("items",),
+    "tuple": ("items",),
+    "set": ("items",),
+    "frozenset": ("items",),
+    "dict": ("pairs",),
+    "odict": ("pairs", "attrs"),
+    "counter": ("pairs",),
+    "namespace": ("attrs",),
+    "object": ("class_name", "attrs"),
+    "tensor": (
+        "storage_index",
+        "offset",
+        "size",
+        "stride",
+        "requires_grad",
+        "dtype",
+        "metadata",
+        "attrs",
+    ),
+    "meta_tensor": ("dtype", "size", "stride", "requires_grad"),
+    "param": ("tensor_id", "requires_grad", "attrs"),
+    "device_tensor": ("data_id", "dtype", "device", "requires_grad"),
+    "size": ("ints",),
+    "device": ("type", "index"),
+    "dtype": ("name",),
+    "layout": ("name",),
+    "ndarray": ("via", "version", "dtype_id", "shape", "fortran", "offset", "nbytes"),
+    "npscalar": ("dtype_id", "base64"),
+    "npdtype": ("code", "align", "copy", "state"),
+}
+SHELLS = frozenset({"list", "dict", "odict", "counter", "namespace", "object"})
+NDARRAY_VIA = ("reconstruct", "frombuffer")
+TENSOR_METADATA_KEYS = ("conj", "neg")
 
 # torch dtype name -> item size in bytes. Sub-byte packed dtypes count one byte per element,
 # as torch stores them.
@@ -34,18 +125,3 @@ STORAGE_DTYPES = {
     "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
     "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8",
 }  # fmt: skip
-
-
-SHELLS = frozenset({"list", "dict", "odict", "counter", "namespace", "object"})
-
-# Node kinds and their fields after the kind:
-#   none | bool b | int i | float f | str s | bytes b64 | bytearray b64 | complex re im
-#   list [ids] | tuple [ids] | set [ids] | frozenset [ids]
-#   dict [[k, v]...] | odict [[k, v]...] {attr: id} | counter [[k, v]...]
-#   namespace {attr: id} | object "module.Name" {attr: id}
-#   tensor storage offset [size] [stride] requires_grad dtype metadata {attr: id}
-#   meta_tensor dtype [size] [stride] requires_grad
-#   param tensor_id requires_grad {attr: id}
-#   device_tensor tensor_id dtype device requires_grad
-#   size [ints] | device "type" index | dtype "name" | layout "name"
-#   ndarray descr [shape] fortran source offset nbytes | npscalar descr b64 | npdtype descr

@@ -18,8 +18,15 @@ import sys
 import threading
 from dataclasses import dataclass
 
-SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
-BOOT = f"import sys; sys.path.insert(0, {SANDBOX_DIR!r}); import worker; worker.main()"
+from .protocol import SPARE_ARG
+
+# The directory holding the sandboxload package, appended (after the standard library) to the
+# isolated child's path, which then imports only the child package and the contract.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BOOT = (
+    f"import sys; sys.path.append({PACKAGE_ROOT!r}); "
+    "from sandboxload.sandbox.child import worker; worker.main()"
+)
 
 
 def popen(argv: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
@@ -83,7 +90,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _start(program: bytes) -> Spare:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        proc = popen(["spare=1", f"sock={child.fileno()}"], (child.fileno(),))
+        proc = popen([SPARE_ARG, f"sock={child.fileno()}"], (child.fileno(),))
     finally:
         child.close()
     assert proc.stdin is not None
@@ -171,7 +178,7 @@ def prestart() -> None:
     be built; the load itself will report that."""
 
     def build() -> None:
-        from .confine import build_filter
+        from .seccomp_filter import build_filter
 
         try:
             program = build_filter()

@@ -1,10 +1,9 @@
-"""Resource limits and the seccomp allowlist of the child.
+"""Confinement, child side: fixed descriptor numbers, rlimits, and installing the filter.
 
-The parent compiles the filter with libseccomp (through pyseccomp) once per process and hands
-the BPF program to the child on stdin; the child, stdlib only, installs it with ``prctl``.
-The child first moves its descriptors to fixed numbers, so one compiled filter fits every
-child: 1 and 2 are the pipes back to the parent, 3 the checkpoint (read-only), 4 the memfd.
-Anything outside the allowlist kills the whole child with SIGSYS.
+The parent compiles the seccomp filter (:mod:`sandboxload.sandbox.seccomp_filter`) and hands
+the BPF program over on stdin; this module, stdlib only, installs it with ``prctl``. The
+descriptors move first to the numbers the filter names (:data:`protocol.CKPT_FD`,
+:data:`protocol.MEMFD_FD`), so one compiled filter fits every child.
 """
 
 import ctypes
@@ -12,57 +11,11 @@ import fcntl
 import os
 import resource
 
-CKPT_FD = 3
-MEMFD_FD = 4
+from ..protocol import CKPT_FD, MEMFD_FD
 
-PROT_EXEC = 0x4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
-
-# Syscalls allowed with no argument check: memory management, signals, time, exit.
-ALLOW_ANY = (
-    "brk", "munmap", "mremap", "madvise", "futex", "exit", "exit_group", "rt_sigreturn",
-    "rt_sigaction", "rt_sigprocmask", "sigaltstack", "getrandom", "clock_gettime", "gettid",
-    "getpid", "close",
-)  # fmt: skip
-# Syscalls allowed only on one descriptor: (syscall, fd).
-ALLOW_ON_FD = (
-    [("read", CKPT_FD), ("pread64", CKPT_FD), ("lseek", CKPT_FD), ("fstat", CKPT_FD),
-     ("pwrite64", MEMFD_FD), ("write", 1), ("write", 2), ("fstat", 1), ("fstat", 2)]
-)  # fmt: skip
-# fstat spelled newfstatat(fd, "", AT_EMPTY_PATH): only on these fds, only with that flag
-# (a path relative to a regular file's fd fails with ENOTDIR anyway).
-FSTATAT_FDS = (CKPT_FD, 1, 2)
-AT_EMPTY_PATH = 0x1000
-# Allowed only without PROT_EXEC (argument 2): no new executable memory, ever.
-ALLOW_NO_EXEC = ("mmap", "mprotect")
-
-
-def build_filter() -> bytes:
-    """Compile the allowlist to a BPF program (parent side; needs pyseccomp + libseccomp)."""
-    import tempfile
-
-    import pyseccomp as sc
-
-    flt = sc.SyscallFilter(defaction=sc.KILL_PROCESS)
-    for name in ALLOW_ANY:
-        flt.add_rule(sc.ALLOW, name)
-    for name, fd in ALLOW_ON_FD:
-        flt.add_rule(sc.ALLOW, name, sc.Arg(0, sc.EQ, fd))
-    for fd in FSTATAT_FDS:
-        flt.add_rule(
-            sc.ALLOW,
-            "newfstatat",
-            sc.Arg(0, sc.EQ, fd),
-            sc.Arg(3, sc.MASKED_EQ, AT_EMPTY_PATH, AT_EMPTY_PATH),
-        )
-    for name in ALLOW_NO_EXEC:
-        flt.add_rule(sc.ALLOW, name, sc.Arg(2, sc.MASKED_EQ, PROT_EXEC, 0))
-    with tempfile.TemporaryFile() as f:
-        flt.export_bpf(f)
-        f.seek(0)
-        return f.read()
 
 
 def set_limits(memory_bytes: int, cpu_seconds: int, fsize_bytes: int) -> None:

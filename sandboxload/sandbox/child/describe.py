@@ -7,8 +7,10 @@ so a memo DAG stays a DAG, and deep nesting costs no recursion.
 import binascii
 import math
 
-import unpickler as u
-from protocol import SHELLS
+from ..protocol import NODE_FIELDS, SHELLS
+from . import data_standins as ds
+from . import torch_standins as ts
+from .errors import Malformed, Unsupported
 
 
 class Describer:
@@ -35,7 +37,7 @@ class Describer:
                     self.ids[key] = self._reserve()
                     self.keep.append(obj)
                 elif key in pending:
-                    raise u.Malformed("an immutable object contains itself")
+                    raise Malformed("an immutable object contains itself")
                 pending[key] = True
                 stack.append((obj, True))
                 for child in reversed(self._children(obj)):
@@ -44,6 +46,8 @@ class Describer:
                 continue
             pending.pop(key, None)
             node = self._node(obj)
+            if len(node) != 1 + len(NODE_FIELDS[node[0]]):  # the contract, kept by construction
+                raise Malformed(f"internal: {node[0]} node does not match the protocol")
             if key in self.ids:
                 self.nodes[self.ids[key]] = node
             else:
@@ -58,17 +62,17 @@ class Describer:
 
     @staticmethod
     def _kind(obj: object) -> str:
-        if isinstance(obj, u.ODict):
+        if isinstance(obj, ds.ODict):
             return "odict"
-        if isinstance(obj, u.CounterSI):
+        if isinstance(obj, ds.CounterSI):
             return "counter"
         if type(obj) is dict:
             return "dict"
         if type(obj) is list:
             return "list"
-        if isinstance(obj, u.NamespaceSI):
+        if isinstance(obj, ds.NamespaceSI):
             return "namespace"
-        if isinstance(obj, u.GenericObject):
+        if isinstance(obj, ds.GenericObject):
             return "object"
         return "leaf"
 
@@ -79,17 +83,17 @@ class Describer:
             return list(obj)
         if isinstance(obj, dict):
             out = [x for kv in obj.items() for x in kv]
-            if isinstance(obj, u.ODict):
+            if isinstance(obj, ds.ODict):
                 out += list(vars(obj).values())
             return out
-        if isinstance(obj, (u.NamespaceSI, u.GenericObject)):
+        if isinstance(obj, (ds.NamespaceSI, ds.GenericObject)):
             return list(vars(obj).values())
-        if isinstance(obj, (u.TensorRef, u.ParamRef)):
-            extra = [obj.data] if isinstance(obj, u.ParamRef) else []
+        if isinstance(obj, (ts.TensorRef, ts.ParamRef)):
+            extra = [obj.data] if isinstance(obj, ts.ParamRef) else []
             return extra + list(obj.attrs.values())
-        if isinstance(obj, u.DeviceTensorRef):
+        if isinstance(obj, ts.DeviceTensorRef):
             return [obj.data]
-        if isinstance(obj, (u.NDArray, u.NPScalar)):
+        if isinstance(obj, (ds.NDArray, ds.NPScalar)):
             return [obj.dtype]
         return []
 
@@ -99,7 +103,7 @@ class Describer:
     def _attrs(self, attrs: dict) -> dict:
         for k in attrs:
             if not isinstance(k, str):
-                raise u.Malformed("attribute names must be str")
+                raise Malformed("attribute names must be str")
         return {k: self._ref(v) for k, v in attrs.items()}
 
     def _node(self, obj: object) -> list:  # noqa: PLR0912
@@ -120,20 +124,20 @@ class Describer:
             return ["complex", _num(obj.real), _num(obj.imag)]
         if t in (list, tuple, set, frozenset):
             return [t.__name__, [self._ref(x) for x in obj]]
-        if t is dict or isinstance(obj, u.CounterSI):
+        if t is dict or isinstance(obj, ds.CounterSI):
             kind = "dict" if t is dict else "counter"
             return [kind, [[self._ref(k), self._ref(v)] for k, v in obj.items()]]
-        if isinstance(obj, u.ODict):
+        if isinstance(obj, ds.ODict):
             return [
                 "odict",
                 [[self._ref(k), self._ref(v)] for k, v in obj.items()],
                 self._attrs(vars(obj)),
             ]
-        if isinstance(obj, u.NamespaceSI):
+        if isinstance(obj, ds.NamespaceSI):
             return ["namespace", self._attrs(vars(obj))]
-        if isinstance(obj, u.GenericObject):
+        if isinstance(obj, ds.GenericObject):
             return ["object", obj.qualname, self._attrs(vars(obj))]
-        if t is u.TensorRef:
+        if t is ts.TensorRef:
             return [
                 "tensor",
                 obj.storage.index,
@@ -145,26 +149,26 @@ class Describer:
                 obj.metadata,
                 self._attrs(obj.attrs),
             ]
-        if t is u.MetaTensorRef:
+        if t is ts.MetaTensorRef:
             return ["meta_tensor", obj.dtype, list(obj.size), list(obj.stride), obj.requires_grad]
-        if t is u.ParamRef:
+        if t is ts.ParamRef:
             return ["param", self._ref(obj.data), obj.requires_grad, self._attrs(obj.attrs)]
-        if t is u.DeviceTensorRef:
+        if t is ts.DeviceTensorRef:
             return ["device_tensor", self._ref(obj.data), obj.dtype, obj.device, obj.requires_grad]
-        if t is u.SizeRef:
+        if t is ts.SizeRef:
             return ["size", list(obj.items)]
-        if t is u.DeviceRef:
+        if t is ts.DeviceRef:
             return ["device", obj.type, obj.index]
-        if t is u.DType:
+        if t is ts.DType:
             return ["dtype", obj.name]
-        if t is u.Layout:
+        if t is ts.Layout:
             return ["layout", obj.name]
-        if t is u.NPDType:
+        if t is ds.NPDType:
             state = None if obj.state is None else list(obj.state)
             return ["npdtype", obj.code, obj.align, obj.copy, state]
-        if t is u.NDArray:
+        if t is ds.NDArray:
             if obj.dtype is None:
-                raise u.Malformed("numpy array without state")
+                raise Malformed("numpy array without state")
             offset, nbytes = self.write_region(obj.data)
             dtype = self._ref(obj.dtype)
             return [
@@ -177,14 +181,12 @@ class Describer:
                 offset,
                 nbytes,
             ]
-        if t is u.NPScalar:
+        if t is ds.NPScalar:
             data = _b64(obj.data)
             return ["npscalar", self._ref(obj.dtype), data]
-        if t is u.StorageRef:
-            raise u.Unsupported("bare storage objects (save tensors instead)")
-        raise u.Malformed(
-            f"the pickle produced an object of a kind that is not data ({t.__name__})"
-        )
+        if t is ts.StorageRef:
+            raise Unsupported("bare storage objects (save tensors instead)")
+        raise Malformed(f"the pickle produced an object of a kind that is not data ({t.__name__})")
 
 
 def _num(x: float) -> object:

@@ -1,4 +1,10 @@
-"""``sandboxload doctor``: is this machine and environment ready, and is the hook active?"""
+"""``sandboxload doctor``: is this machine ready, is the hook active, what is the policy?
+
+Every setting is printed with its value and where that value came from (default, policy
+file, env variable or wrapper option); then the route each format takes under that policy
+(from :func:`routes.route`, as the loaders decide), then a real sandboxed load and a probe the
+seccomp filter must kill.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ import sysconfig
 import tempfile
 from importlib import metadata
 
-from . import __version__, policy
-from .errors import PolicyError, SandboxLoadError, SandboxViolationError
+from .. import __version__, formats, policy, routes
+from ..errors import PolicyError, SandboxLoadError, SandboxViolationError
+from ..sandbox.protocol import READ_ZIP
 
 
 def _version(dist: str) -> str:
@@ -20,21 +27,20 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _check_sandbox() -> tuple[bool, str]:
+def _check_sandbox(pol: policy.Policy) -> tuple[bool, str]:
     """A real load through the sandbox, then a probe that must be killed by the filter."""
     try:
         import torch
 
-        from .sandbox import session
+        from ..sandbox.load import load
     except ImportError as exc:
         return False, f"torch is not importable ({exc}); nothing to sandbox"
-    pol = policy.current()
     with tempfile.TemporaryFile() as f:
         torch.save({"x": torch.arange(3)}, f)
         f.flush()
         size = f.tell()
         try:
-            out = session.load(f.fileno(), size, "torch-zip", "<doctor>", pol, None)
+            out = load(f.fileno(), size, READ_ZIP, "<doctor>", pol, None)
             if not torch.equal(out["x"], torch.arange(3)):
                 return False, "a sandboxed load returned wrong data"
         except SandboxLoadError as exc:
@@ -42,7 +48,7 @@ def _check_sandbox() -> tuple[bool, str]:
         if not pol.seccomp:
             return False, "SANDBOXLOAD_SECCOMP=off: the child runs without a syscall filter"
         try:
-            session.load(f.fileno(), size, "torch-zip", "<doctor>", pol, None, probe="open")
+            load(f.fileno(), size, READ_ZIP, "<doctor>", pol, None, probe="open")
         except SandboxViolationError:
             return True, "loads work; a forbidden open() in the child is killed by seccomp"
         except SandboxLoadError as exc:
@@ -59,7 +65,15 @@ def _hook_active() -> bool:
     return proc.stdout.strip() == "True"
 
 
-def run() -> int:
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(value) or "-"
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str]) -> int:
     ok = True
     print(f"sandboxload {__version__} on Python {sys.version.split()[0]} ({sys.executable})")
     for dist in ("torch", "safetensors", "transformers", "sentence-transformers", "pyseccomp"):
@@ -73,18 +87,18 @@ def run() -> int:
     )
     try:
         pol = policy.current()
-        print(
-            f"policy: pickle={pol.pickle} seccomp={'on' if pol.seccomp else 'off'} "
-            f"remote_code={pol.remote_code} formats={','.join(pol.formats) or 'all'} "
-            f"manifest={pol.manifest or '-'} offline={'on' if pol.offline else 'off'} "
-            f"timeout={pol.timeout:g}s audit_log={pol.audit_log or '-'}"
-        )
-        for name, origin in sorted(pol.origins.items()):
-            print(f"  {name} from {origin}")
     except PolicyError as exc:
         print(f"policy: ERROR {exc}")
         return 1
-    sandbox_ok, detail = _check_sandbox()
+    print("policy:")
+    for s in policy.SETTINGS:
+        origin = pol.origins.get(s.name, "default")
+        print(f"  {s.name:<14} {_show(getattr(pol, s.name)):<24} from {origin}")
+    print("routes under this policy (what torch.load does with each format):")
+    for fmt in formats.SNIFFED:
+        r = routes.route(fmt, pol)
+        print(f"  {fmt:<13} -> {r.name:<18} {r.reason}")
+    sandbox_ok, detail = _check_sandbox(pol)
     ok &= sandbox_ok
     print(f"sandbox: {'ok' if sandbox_ok else 'PROBLEM'}: {detail}")
     return 0 if ok else 1

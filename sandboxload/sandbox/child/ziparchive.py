@@ -9,7 +9,7 @@ rejects anything inconsistent (local and central names that differ, records past
 import struct
 import zlib
 
-import unpickler as u
+from .errors import Malformed
 
 EOCD = b"PK\x05\x06"
 EOCD64 = b"PK\x06\x06"
@@ -33,7 +33,7 @@ class Entry:
 def _pread(pread, n: int, offset: int) -> bytes:
     data = pread(n, offset)
     if len(data) != n:
-        raise u.Malformed("zip structure runs past the end of the file")
+        raise Malformed("zip structure runs past the end of the file")
     return data
 
 
@@ -44,12 +44,12 @@ class ZipArchive:
         self.size = size
         count, cd_size, cd_offset = self._end_record()
         if count > MAX_ENTRIES or cd_offset + cd_size > size:
-            raise u.Malformed("zip central directory out of bounds")
+            raise Malformed("zip central directory out of bounds")
         self.entries: list = self._central(_pread(pread, cd_size, cd_offset), count)
         self.by_name: dict = {}
         for e in self.entries:
             if e.name in self.by_name:
-                raise u.Malformed("the zip archive has duplicate record names")
+                raise Malformed("the zip archive has duplicate record names")
             self.by_name[e.name] = e
 
     def _end_record(self) -> tuple:
@@ -57,21 +57,21 @@ class ZipArchive:
         tail = _pread(self.pread, tail_len, self.size - tail_len)
         at = tail.rfind(EOCD)
         if at < 0 or len(tail) - at < 22:
-            raise u.Malformed("no zip end-of-central-directory record")
+            raise Malformed("no zip end-of-central-directory record")
         disk, cd_disk, n_disk, count, cd_size, cd_offset, _comment = struct.unpack_from(
             "<HHHHIIH", tail, at + 4
         )
         if disk or cd_disk or n_disk != count:
-            raise u.Malformed("multi-disk zip archives are not checkpoints")
+            raise Malformed("multi-disk zip archives are not checkpoints")
         if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):
             eocd_at = self.size - tail_len + at
             loc = _pread(self.pread, 20, eocd_at - 20)
             if loc[:4] != EOCD64_LOCATOR:
-                raise u.Malformed("zip64 locator missing")
+                raise Malformed("zip64 locator missing")
             (rec_offset,) = struct.unpack_from("<Q", loc, 8)
             rec = _pread(self.pread, 56, rec_offset)
             if rec[:4] != EOCD64:
-                raise u.Malformed("zip64 end record missing")
+                raise Malformed("zip64 end record missing")
             count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
         return count, cd_size, cd_offset
 
@@ -80,7 +80,7 @@ class ZipArchive:
         pos = 0
         for _ in range(count):
             if cd[pos : pos + 4] != CENTRAL or pos + 46 > len(cd):
-                raise u.Malformed("bad zip central directory entry")
+                raise Malformed("bad zip central directory entry")
             (flags, method, crc, csize, size, nlen, xlen, clen, header) = struct.unpack_from(
                 "<4xHH4xIIIHHH8xI", cd, pos + 4
             )
@@ -88,9 +88,9 @@ class ZipArchive:
             extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
             pos += 46 + nlen + xlen + clen
             if pos > len(cd):
-                raise u.Malformed("zip central directory entry runs past its end")
+                raise Malformed("zip central directory entry runs past its end")
             if flags & 0x1:
-                raise u.Malformed("encrypted zip records are not checkpoints")
+                raise Malformed("encrypted zip records are not checkpoints")
             size, csize, header = _zip64(extra, size, csize, header)
             name = name_raw.decode("utf-8" if flags & 0x800 else "latin-1")
             entries.append(Entry(name, method, flags, crc, csize, size, header))
@@ -102,28 +102,28 @@ class ZipArchive:
     def entry(self, name: str) -> Entry:
         e = self.by_name.get(name)
         if e is None:
-            raise u.Malformed(f"record {name} is missing")
+            raise Malformed(f"record {name} is missing")
         return e
 
     def data_offset(self, e: Entry) -> int:
         """Where the record's bytes start, checked against the local header."""
         head = _pread(self.pread, 30, e.header)
         if head[:4] != LOCAL:
-            raise u.Malformed(f"bad local header for {e.name}")
+            raise Malformed(f"bad local header for {e.name}")
         nlen, xlen = struct.unpack_from("<HH", head, 26)
         local_name = _pread(self.pread, nlen, e.header + 30)
         if local_name.decode("utf-8" if e.flags & 0x800 else "latin-1") != e.name:
-            raise u.Malformed(f"local and central names of {e.name} differ")
+            raise Malformed(f"local and central names of {e.name} differ")
         start = e.header + 30 + nlen + xlen
         if start + e.csize > self.size:
-            raise u.Malformed(f"record {e.name} runs past the end of the file")
+            raise Malformed(f"record {e.name} runs past the end of the file")
         return start
 
     def read(self, name: str, cap: int) -> bytes:
         """A whole (small) record, decompressed up to ``cap`` bytes, CRC-checked."""
         e = self.entry(name)
         if e.size > cap:
-            raise u.Malformed(f"record {name} claims {e.size} bytes, over the cap of {cap}")
+            raise Malformed(f"record {name} claims {e.size} bytes, over the cap of {cap}")
         raw = _pread(self.pread, e.csize, self.data_offset(e))
         if e.method == STORED:
             data = raw
@@ -131,11 +131,11 @@ class ZipArchive:
             d = zlib.decompressobj(-15)
             data = d.decompress(raw, cap + 1)
             if len(data) > cap or d.unconsumed_tail:
-                raise u.Malformed(f"record {name} expands past the cap of {cap} bytes")
+                raise Malformed(f"record {name} expands past the cap of {cap} bytes")
         else:
-            raise u.Malformed(f"record {name} uses compression method {e.method}")
+            raise Malformed(f"record {name} uses compression method {e.method}")
         if len(data) != e.size or zlib.crc32(data) != e.crc:
-            raise u.Malformed(f"record {name} fails its size or CRC check")
+            raise Malformed(f"record {name} fails its size or CRC check")
         return data
 
 

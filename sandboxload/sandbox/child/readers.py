@@ -11,9 +11,11 @@ import os
 import struct
 import sys
 
-import unpickler as u
-from protocol import DTYPE_SIZES
-from ziparchive import STORED, ZipArchive
+from ..protocol import DTYPE_SIZES
+from .errors import Malformed, Unsupported
+from .torch_standins import StorageRef, StorageType, rebuild_tensor
+from .unpickler import RestrictedUnpickler
+from .ziparchive import STORED, ZipArchive
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -33,7 +35,7 @@ class Output:
     def _reserve(self, nbytes: int) -> int:
         start = -(-self.pos // ALIGN) * ALIGN
         if start + nbytes > self.capacity:
-            raise u.Malformed("the checkpoint expands to more data than its own size allows")
+            raise Malformed("the checkpoint expands to more data than its own size allows")
         self.pos = start + nbytes
         return start
 
@@ -51,7 +53,7 @@ class Output:
             n = min(CHUNK, nbytes - done)
             chunk = os.pread(fd, n, offset + done)
             if len(chunk) != n:
-                raise u.Malformed("storage data runs past the end of the file")
+                raise Malformed("storage data runs past the end of the file")
             if swap > 1:
                 words = array.array({2: "H", 4: "I", 8: "Q"}[swap], chunk)
                 words.byteswap()
@@ -62,9 +64,9 @@ class Output:
 
     def add_storage(
         self, dtype: str, nbytes: int, source: str, offset: int, location: str
-    ) -> u.StorageRef:
+    ) -> StorageRef:
         self.storages.append([dtype, nbytes, source, offset, location])
-        return u.StorageRef(len(self.storages) - 1, dtype, nbytes)
+        return StorageRef(len(self.storages) - 1, dtype, nbytes)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -78,13 +80,13 @@ def _location(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if not isinstance(value, str) or len(value) > 64:
-        raise u.Malformed("storage location must be a short string")
+        raise Malformed("storage location must be a short string")
     return value
 
 
 def _storage_dtype(storage_type: object) -> str:
-    if not isinstance(storage_type, u.StorageType):
-        raise u.Malformed("persistent id names something that is not a storage type")
+    if not isinstance(storage_type, StorageType):
+        raise Malformed("persistent id names something that is not a storage type")
     return storage_type.dtype
 
 
@@ -100,42 +102,42 @@ def read_zip(fd: int, size: int, out: Output, pickle_cap: int) -> object:
     zf = ZipArchive(lambda n, off: os.pread(fd, n, off), size)
     names = zf.names()
     if not names:
-        raise u.Malformed("empty zip archive")
+        raise Malformed("empty zip archive")
     # torch's reader takes the archive name from the first record, then reads only below it.
     prefix = names[0].split("/", 1)[0]
     if any(not n.startswith(prefix + "/") for n in names):
-        raise u.Malformed(f"a record lies outside the archive folder {prefix}/")
+        raise Malformed(f"a record lies outside the archive folder {prefix}/")
     if f"{prefix}/constants.pkl" in zf.by_name:
-        raise u.Unsupported("TorchScript archives (they carry code)")
+        raise Unsupported("TorchScript archives (they carry code)")
     byteorder = "little"
     if f"{prefix}/byteorder" in zf.by_name:
         byteorder = zf.read(f"{prefix}/byteorder", 16).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
-            raise u.Malformed(f"unknown byteorder record {byteorder!r}")
+            raise Malformed(f"unknown byteorder record {byteorder!r}")
     swap = byteorder != sys.byteorder
     loaded: dict = {}
 
     def persistent_load(pid: object) -> object:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
-            raise u.Malformed("unexpected persistent id in data.pkl")
+            raise Malformed("unexpected persistent id in data.pkl")
         _, storage_type, key, location, numel = pid
         dtype = _storage_dtype(storage_type)
         if isinstance(key, bytes):
             key = key.decode("ascii", "replace")
         if not isinstance(key, str) or not key or "/" in key or ".." in key:
-            raise u.Malformed("bad storage key")
+            raise Malformed("bad storage key")
         if type(numel) is not int or numel < 0:
-            raise u.Malformed("storage size must be a non-negative int")
+            raise Malformed("storage size must be a non-negative int")
         if key in loaded:
             return loaded[key]
         nbytes = numel * DTYPE_SIZES[dtype]
         entry = zf.entry(f"{prefix}/data/{key}")
         if entry.method != STORED:
-            raise u.Malformed(
+            raise Malformed(
                 f"storage record data/{key} is compressed; torch never writes compressed storages"
             )
         if entry.size != nbytes or entry.csize != nbytes:
-            raise u.Malformed(
+            raise Malformed(
                 f"storage record data/{key} holds {entry.size} bytes, the pickle says {nbytes}"
             )
         start = zf.data_offset(entry)
@@ -149,53 +151,53 @@ def read_zip(fd: int, size: int, out: Output, pickle_cap: int) -> object:
         return ref
 
     data = zf.read(f"{prefix}/data.pkl", pickle_cap)
-    return u.RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
+    return RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
 
 
 # --- legacy stacked pickles ----------------------------------------------------------------
 
 
 def read_legacy(f: io.BufferedReader, fd: int, out: Output) -> object:
-    magic = u.RestrictedUnpickler(f).load()
+    magic = RestrictedUnpickler(f).load()
     if magic != LEGACY_MAGIC:
-        raise u.Malformed("invalid magic number: not a torch checkpoint")
-    if u.RestrictedUnpickler(f).load() != LEGACY_PROTOCOL:
-        raise u.Malformed("unsupported legacy protocol version")
-    u.RestrictedUnpickler(f).load()  # sys_info: plain data, unused
+        raise Malformed("invalid magic number: not a torch checkpoint")
+    if RestrictedUnpickler(f).load() != LEGACY_PROTOCOL:
+        raise Malformed("unsupported legacy protocol version")
+    RestrictedUnpickler(f).load()  # sys_info: plain data, unused
     typed: dict = {}  # root key -> (dtype, numel, location)
     refs: dict = {}  # key -> StorageRef (roots and views)
     views: list = []  # (view key, root key, element offset, numel)
 
     def persistent_load(pid: object) -> object:
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
-            raise u.Malformed("unexpected persistent id")
+            raise Malformed("unexpected persistent id")
         _, storage_type, root_key, location, numel, view = pid
         dtype = _storage_dtype(storage_type)
         if not isinstance(root_key, str) or type(numel) is not int or numel < 0:
-            raise u.Malformed("bad storage reference")
+            raise Malformed("bad storage reference")
         if root_key not in refs:
             typed[root_key] = (dtype, numel, _location(location))
-            refs[root_key] = u.StorageRef(-1, dtype, numel * DTYPE_SIZES[dtype])
+            refs[root_key] = StorageRef(-1, dtype, numel * DTYPE_SIZES[dtype])
         if view is None:
             return refs[root_key]
         if not (isinstance(view, tuple) and len(view) == 3):
-            raise u.Malformed("bad storage view")
+            raise Malformed("bad storage view")
         view_key, offset, view_numel = view
         if view_key not in refs:
-            refs[view_key] = u.StorageRef(-1, dtype, 0)
+            refs[view_key] = StorageRef(-1, dtype, 0)
             views.append((view_key, root_key, offset, view_numel))
         return refs[view_key]
 
-    result = u.RestrictedUnpickler(f, persistent_load).load()
-    keys = u.RestrictedUnpickler(f).load()
+    result = RestrictedUnpickler(f, persistent_load).load()
+    keys = RestrictedUnpickler(f).load()
     if not isinstance(keys, list) or set(keys) != set(typed) or len(keys) != len(typed):
-        raise u.Malformed("the storage key list does not match the storages the pickle uses")
+        raise Malformed("the storage key list does not match the storages the pickle uses")
     offset = f.tell()
     for key in keys:
         dtype, numel, location = typed[key]
         head = os.pread(fd, 8, offset)
         if len(head) != 8 or struct.unpack("<q", head)[0] != numel:
-            raise u.Malformed(f"storage {key}: size on disk does not match the pickle")
+            raise Malformed(f"storage {key}: size on disk does not match the pickle")
         nbytes = numel * DTYPE_SIZES[dtype]
         # Legacy data is little-endian on disk, whatever the host.
         swap = _swap_width(dtype) if sys.byteorder != "little" else 0
@@ -206,7 +208,7 @@ def read_legacy(f: io.BufferedReader, fd: int, out: Output) -> object:
     return result
 
 
-def _bind(target: u.StorageRef, source: u.StorageRef) -> None:
+def _bind(target: StorageRef, source: StorageRef) -> None:
     target.index, target.dtype, target.nbytes = source.index, source.dtype, source.nbytes
 
 
@@ -214,11 +216,11 @@ def _bind_views(views: list, refs: dict, out: Output) -> None:
     for view_key, root_key, offset, numel in views:
         root = refs[root_key]
         if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0:
-            raise u.Malformed("bad storage view")
+            raise Malformed("bad storage view")
         item = DTYPE_SIZES[root.dtype]
         dtype, nbytes, source, start, location = out.storages[root.index]
         if (offset + numel) * item > nbytes:
-            raise u.Malformed("storage view runs past its storage")
+            raise Malformed("storage view runs past its storage")
         _bind(
             refs[view_key],
             out.add_storage(dtype, numel * item, source, start + offset * item, location),
@@ -235,7 +237,7 @@ def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
         members = {m.name: m for m in tar.getmembers()}
     for name in ("storages", "tensors", "pickle"):
         if name not in members or not members[name].isfile():
-            raise u.Malformed(f"legacy tar checkpoint without a '{name}' member")
+            raise Malformed(f"legacy tar checkpoint without a '{name}' member")
     objects: dict = {}
     _tar_storages(_Window(f, members["storages"]), fd, out, objects)
     _tar_tensors(_Window(f, members["tensors"]), objects)
@@ -243,58 +245,58 @@ def read_tar(f: io.BufferedReader, fd: int, out: Output) -> object:
     def persistent_load(pid: object) -> object:
         if isinstance(pid, tuple):
             # ('module', cls, source file, source): a class object, which is never data.
-            raise u.Malformed("legacy module-source records are not data")
+            raise Malformed("legacy module-source records are not data")
         try:
             return objects[int(pid)]
         except (KeyError, ValueError, TypeError):
-            raise u.Malformed("unknown tensor key") from None
+            raise Malformed("unknown tensor key") from None
 
-    return u.RestrictedUnpickler(_Window(f, members["pickle"]), persistent_load).load()
+    return RestrictedUnpickler(_Window(f, members["pickle"]), persistent_load).load()
 
 
 def _count(w: "_Window", what: str) -> int:
-    count = u.RestrictedUnpickler(w).load()
+    count = RestrictedUnpickler(w).load()
     if type(count) is not int or count < 0:
-        raise u.Malformed(f"bad {what} count")
+        raise Malformed(f"bad {what} count")
     return count
 
 
 def _tar_storages(sf: "_Window", fd: int, out: Output, objects: dict) -> None:
     for _ in range(_count(sf, "storage")):
-        args = u.RestrictedUnpickler(sf).load()
+        args = RestrictedUnpickler(sf).load()
         if not (isinstance(args, tuple) and len(args) == 3):
-            raise u.Malformed("bad storage header")
+            raise Malformed("bad storage header")
         key, location, storage_type = args
         dtype = _storage_dtype(storage_type)
         numel = struct.unpack("<q", sf.read_exact(8))[0]
         nbytes = numel * DTYPE_SIZES[dtype]
         if numel < 0 or nbytes > sf.remaining():
-            raise u.Malformed("storage size runs past its member")
+            raise Malformed("storage size runs past its member")
         start = out.copy_range(fd, sf.absolute(), nbytes)
         sf.skip(nbytes)
         objects[key] = out.add_storage(dtype, nbytes, "memfd", start, _location(location))
-    for view in u.RestrictedUnpickler(sf).load():
+    for view in RestrictedUnpickler(sf).load():
         if not (isinstance(view, tuple) and len(view) == 4) or view[1] not in objects:
-            raise u.Malformed("bad storage view")
+            raise Malformed("bad storage view")
         target, root_key, offset, numel = view
-        objects[target] = u.StorageRef(-1, "uint8", 0)
+        objects[target] = StorageRef(-1, "uint8", 0)
         _bind_views([(target, root_key, offset, numel)], objects, out)
 
 
 def _tar_tensors(tf: "_Window", objects: dict) -> None:
     for _ in range(_count(tf, "tensor")):
-        args = u.RestrictedUnpickler(tf).load()
+        args = RestrictedUnpickler(tf).load()
         if not (isinstance(args, tuple) and len(args) == 3) or args[1] not in objects:
-            raise u.Malformed("bad tensor header")
+            raise Malformed("bad tensor header")
         key, storage_id, _tensor_type = args
         (ndim,) = struct.unpack("<i", tf.read_exact(4))
         tf.read_exact(4)  # legacy encoding treated ndim as 8 bytes
         if not 0 <= ndim <= 64:
-            raise u.Malformed("bad tensor rank")
+            raise Malformed("bad tensor rank")
         size = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
         stride = struct.unpack(f"<{ndim}q", tf.read_exact(8 * ndim))
         (offset,) = struct.unpack("<q", tf.read_exact(8))
-        objects[key] = u.rebuild_tensor(objects[storage_id], offset, size, stride)
+        objects[key] = rebuild_tensor(objects[storage_id], offset, size, stride)
 
 
 class _Window(io.RawIOBase):
@@ -319,7 +321,7 @@ class _Window(io.RawIOBase):
     def read_exact(self, n: int) -> bytes:
         data = self.read(n)
         if len(data) != n:
-            raise u.Malformed("truncated tar member")
+            raise Malformed("truncated tar member")
         return data
 
     def remaining(self) -> int:

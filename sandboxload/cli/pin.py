@@ -6,22 +6,9 @@ import argparse
 import os
 import sys
 
-from . import pinning
-from .errors import PolicyError
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")
-
-
-def weight_files(paths: list[str]) -> list[str]:
-    """The files named, and every weight file below the directories named."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _dirs, files in os.walk(p):
-                out += [os.path.join(root, f) for f in files if f.endswith(WEIGHT_SUFFIXES)]
-        else:
-            out.append(p)
-    return sorted(set(out))
+from .. import pinning
+from ..errors import PolicyError
+from ..modelfolder import weight_files
 
 
 def pin(argv: list[str]) -> int:

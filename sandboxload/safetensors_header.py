@@ -1,4 +1,4 @@
-"""safetensors: strict header validation, then safetensors' own zero-copy loader.
+"""The safetensors header check: strict validation of attacker-controlled JSON and offsets.
 
 The header is attacker input, so it is checked here before safetensors sees the file: a size
 cap, strict JSON (no duplicate keys, no NaN), known dtypes, shapes of non-negative ints with

@@ -1,4 +1,4 @@
-"""The sandbox child: ``python -I -S -B -c 'import worker; worker.main()' key=value ...``.
+"""The sandbox child's entry point: ``worker.main()`` with ``key=value`` config arguments.
 
 Standard library only, and only its cheap C-backed parts (start-up time is on every load's
 critical path). Order matters and is the point of this file:
@@ -6,7 +6,8 @@ critical path). Order matters and is the point of this file:
 2. move the inherited descriptors to fixed numbers, set rlimits;
 3. read the BPF program from stdin and install it (or report that it cannot be);
 4. only then read the first byte of the checkpoint.
-The answer (a :mod:`protocol` description, or an error) is JSON on stdout.
+The answer (a :mod:`~sandboxload.sandbox.protocol` description, or an error) is JSON on
+stdout.
 """
 
 import _json
@@ -16,25 +17,13 @@ import io
 import os
 import sys
 
-import confine
-import describe
-import readers
-import unpickler
-from protocol import DTYPE_SIZES, STORAGE_DTYPES, VERSION
+from .. import protocol as p
+from . import allowlist, confine, describe, readers
+from .errors import Malformed, Refused, Unsupported
 
 # The C encoder behind json.dumps, without importing json (which imports re).
 _encode = _json.make_encoder(
     None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True
-)
-INT_KEYS = (
-    "ckpt_fd",
-    "memfd",
-    "size",
-    "memfd_capacity",
-    "pickle_cap",
-    "memory_bytes",
-    "cpu_seconds",
-    "seccomp",
 )
 
 
@@ -42,7 +31,7 @@ def parse_config(argv: list) -> dict:
     config: dict = {"probe": "", "extra_globals": ()}
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key in INT_KEYS:
+        if key in p.CONFIG_INTS:
             config[key] = int(value)
         elif key == "extra_globals":
             config[key] = tuple(x for x in value.split(",") if x)
@@ -58,27 +47,29 @@ def _emit(payload: dict) -> None:
 
 
 def _error(kind: str, message: str, **extra: object) -> dict:
-    return {"version": VERSION, "error": {"kind": kind, "message": message, **extra}}
+    return {"version": p.VERSION, "error": {"kind": kind, "message": message, **extra}}
 
 
 def parse(config: dict) -> dict:
     fmt = config["format"]
-    out = readers.Output(confine.MEMFD_FD, config["memfd_capacity"])
-    if fmt == "torch-zip":
-        root = readers.read_zip(confine.CKPT_FD, config["size"], out, config["pickle_cap"])
+    out = readers.Output(p.MEMFD_FD, config["memfd_capacity"])
+    if fmt == p.READ_ZIP:
+        root = readers.read_zip(p.CKPT_FD, config["size"], out, config["pickle_cap"])
     else:
-        raw = io.FileIO(confine.CKPT_FD, "rb", closefd=False)
+        raw = io.FileIO(p.CKPT_FD, "rb", closefd=False)
         f = io.BufferedReader(raw, buffer_size=1 << 16)
-        if fmt == "torch-tar":
-            root = readers.read_tar(f, confine.CKPT_FD, out)
+        if fmt == p.READ_TAR:
+            root = readers.read_tar(f, p.CKPT_FD, out)
+        elif fmt == p.READ_LEGACY:
+            root = readers.read_legacy(f, p.CKPT_FD, out)
         else:
-            root = readers.read_legacy(f, confine.CKPT_FD, out)
+            raise Malformed(f"unknown reader {fmt!r}")
     if config["probe"]:
         _probe(config["probe"])
     d = describe.Describer(out.write_bytes)
     root_id = d.describe(root)
     return {
-        "version": VERSION,
+        "version": p.VERSION,
         "root": root_id,
         "nodes": d.nodes,
         "storages": out.storages,
@@ -96,7 +87,7 @@ def _probe(what: str) -> None:
     elif what == "execve":
         os.execv("/bin/true", ["true"])
     elif what == "write_ckpt":
-        os.write(confine.CKPT_FD, b"x")
+        os.write(p.CKPT_FD, b"x")
     elif what == "exec_memory":
         mmap = sys.modules["mmap"]
         mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC)
@@ -104,7 +95,7 @@ def _probe(what: str) -> None:
 
 def _preload(config: dict) -> None:
     """Imports some paths need, done now: after the filter, importing is itself forbidden."""
-    if config["format"] == "torch-tar":
+    if config["format"] == p.READ_TAR:
         import tarfile  # noqa: F401
     if config["probe"]:
         import _socket  # noqa: F401
@@ -131,7 +122,7 @@ def _wait_for_request(argv: list) -> "list | None":
 
 def main() -> None:
     argv = sys.argv[1:]
-    if "spare=1" in argv:
+    if p.SPARE_ARG in argv:
         request = _wait_for_request(argv)
         if request is None:
             return
@@ -139,29 +130,27 @@ def main() -> None:
     config = parse_config(argv)
     confine.arrange_fds(config["ckpt_fd"], config["memfd"])
     confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
-    unpickler.configure(STORAGE_DTYPES, tuple(DTYPE_SIZES), config["extra_globals"])
+    allowlist.admit_extra(config["extra_globals"])
     _preload(config)
     program = sys.stdin.buffer.read()
     if config["seccomp"]:
         try:
             confine.install_filter(program)
         except OSError as exc:
-            _emit(_error("seccomp_unavailable", str(exc)))
+            _emit(_error(p.ERR_SECCOMP, str(exc)))
             return
     try:
         result = parse(config)
-    except unpickler.Refused as exc:
-        result = _error("unsafe_global", str(exc), module=exc.module, name=exc.name)
-    except unpickler.Unsupported as exc:
-        result = _error("unsupported", str(exc))
+    except Refused as exc:
+        result = _error(p.ERR_UNSAFE_GLOBAL, str(exc), module=exc.module, name=exc.name)
+    except Unsupported as exc:
+        result = _error(p.ERR_UNSUPPORTED, str(exc))
     except MemoryError:
-        result = _error("memory", "the child ran out of its memory limit")
+        result = _error(p.ERR_MEMORY, "the child ran out of its memory limit")
     except RecursionError:
-        result = _error("malformed", "structure nested too deeply")
+        result = _error(p.ERR_MALFORMED, "structure nested too deeply")
+    except Malformed as exc:
+        result = _error(p.ERR_MALFORMED, str(exc))
     except Exception as exc:  # malformed input of any kind is an answer, not a crash
-        result = _error("malformed", f"{type(exc).__name__}: {exc}")
+        result = _error(p.ERR_MALFORMED, f"{type(exc).__name__}: {exc}")
     _emit(result)
-
-
-if __name__ == "__main__":
-    main()

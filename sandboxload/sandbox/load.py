@@ -1,4 +1,9 @@
-"""One sandboxed load, end to end: fd in, the object ``torch.load`` would return out."""
+"""One sandboxed load, end to end: fd in, the object ``torch.load`` would return out.
+
+Parse in the child (:mod:`client`), or reuse the description kept for an unchanged file;
+then validate and build in this process (:mod:`rebuild`) from private mappings of the
+checkpoint and of the memfd.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from . import client
 from .rebuild import rebuild
 
 MIB = 1 << 20
-_described: LRU[dict[str, Any]] = LRU(32)
+# Descriptions kept per (file identity, reader, extra globals): only those whose storages all
+# lie in the file itself, so rebuilding needs no memfd.
+_kept: LRU[dict[str, Any]] = LRU(32)
 
 
 def limits(pol: Policy, size: int) -> client.Limits:
@@ -46,7 +53,7 @@ def _mapping(fd: int, nbytes: int) -> Callable[[], Any]:
 def load(
     fd: int,
     size: int,
-    fmt: str,
+    reader: str,
     name: str,
     pol: Policy,
     map_location: Any,
@@ -59,11 +66,11 @@ def load(
     on the meta device, then for real) rebuilds from the kept description, without a child.
     """
     key = identity(fd)
-    key = None if key is None or probe else (key, fmt, pol.allow_globals)
-    description = _described.get(key) if key is not None else None
+    key = None if key is None or probe else (key, reader, pol.allow_globals)
+    description = _kept.get(key) if key is not None else None
     if description is not None:
         return _build(description, fd, size, None, 0, name, pol, map_location)
-    parsed = client.run(fd, size, fmt, name, limits(pol, size), probe=probe)
+    parsed = client.run(fd, size, reader, name, limits(pol, size), probe=probe)
     try:
         result = _build(
             parsed.description,
@@ -81,9 +88,9 @@ def load(
     if (
         key is not None
         and isinstance(storages, list)
-        and all(isinstance(s, list) and len(s) == 5 and s[2] == "file" for s in storages)
+        and all(isinstance(s, list) and s[2:3] == ["file"] for s in storages)
     ):
-        _described.put(key, parsed.description)
+        _kept.put(key, parsed.description)
     return result
 
 
@@ -110,23 +117,3 @@ def _build(
         memfd_size=memfd_size,
         extra_globals=pol.allow_globals,
     )
-
-
-def memfd_from_bytes(data: bytes, name: str = "sandboxload-in") -> int:
-    """A sealed, read-only memfd holding ``data`` (for file objects without a real file)."""
-    import fcntl
-
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        fcntl.fcntl(
-            fd,
-            fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

