@@ -154,26 +154,26 @@ def torch_load(
     """What the patched ``torch.load`` does, for every caller and every argument."""
     with admit(f, api) as a:
         route, src = a.route, a.src
-        if route.name == routes.SAFETENSORS:
-            result = _safetensors_state_dict(src, map_location)
-        elif route.name == routes.IN_PROCESS:
-            # Opt-in migration mode: the caller's own arguments, the original loader; a path
-            # goes as /proc/self/fd/N, the very inode that was sniffed (and pinned).
-            target = src.file if src.fd is None else f"/proc/self/fd/{src.fd}"
-            result = registry.original(registry.TORCH_LOAD)(
-                target,
-                map_location,
-                pickle_module,
-                weights_only=weights_only,
-                mmap=mmap,
-                **pickle_load_args,
-            )
-        else:
-            try:
+        try:
+            if route.name == routes.SAFETENSORS:
+                result = _safetensors_state_dict(src, map_location)
+            elif route.name == routes.IN_PROCESS:
+                # Opt-in migration mode: the caller's own arguments, the original loader; a
+                # path goes as /proc/self/fd/N, the very inode that was sniffed (and pinned).
+                target = src.file if src.fd is None else f"/proc/self/fd/{src.fd}"
+                result = registry.original(registry.TORCH_LOAD)(
+                    target,
+                    map_location,
+                    pickle_module,
+                    weights_only=weights_only,
+                    mmap=mmap,
+                    **pickle_load_args,
+                )
+            else:
                 result = _sandboxed(src, route, a.pol, map_location)
-            except Exception as exc:
-                a.log.write("refused", route.name, f"{type(exc).__name__}: {exc}")
-                raise
+        except Exception as exc:
+            a.log.write("refused", route.name, f"{type(exc).__name__}: {exc}")
+            raise
         a.log.write(
             "allowed" if route.name == routes.IN_PROCESS else "loaded", route.name, route.reason
         )
