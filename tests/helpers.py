@@ -192,3 +192,11 @@ def add_dense(path: Path, activation: str) -> Path:
     )
     (path / "modules.json").write_text(json.dumps(modules))
     return dense
+
+
+def load_in_worker(path: str) -> object:
+    """For multiprocessing workers: activate sandboxload there, then ``torch.load(path)``."""
+    import sandboxload
+
+    sandboxload.activate()
+    return torch.load(path)

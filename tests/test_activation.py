@@ -107,7 +107,7 @@ def test_site_dir_alone(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "True False", proc.stderr
 
 
-# What each interpreter flag does to each surface; documented in the README.
+# What each interpreter flag does to each surface; documented in docs/cli.md.
 @pytest.mark.parametrize(
     ("flags", "env_flag", "site_dir"),
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -174,10 +175,18 @@ def test_modules_are_small_and_say_what_they_are_for(name: str) -> None:
 
 def test_architecture_doc_matches_the_tree() -> None:
     doc = (ROOT / "docs" / "architecture.md").read_text()
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         rel = str(path.relative_to(ROOT))
         assert rel in doc, f"docs/architecture.md does not mention {rel}"
-    import re
-
     for rel in set(re.findall(r"sandboxload/[\w/]+\.py", doc)):
         assert (ROOT / rel).exists(), f"docs/architecture.md names {rel}, which does not exist"
+
+
+def test_readme_is_a_front_page_that_links_every_doc() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
+    docs = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert docs, "no docs/"
+    for name in docs:
+        assert f"](docs/{name})" in readme, f"README does not link docs/{name}"

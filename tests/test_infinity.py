@@ -27,6 +27,7 @@ from .helpers import (
 )
 
 pytest.importorskip("infinity_emb")
+pytestmark = pytest.mark.slow  # real servers, each a model load and a warm-up
 INFINITY = str(Path(sys.executable).parent / "infinity_emb")
 
 

@@ -24,7 +24,7 @@ from .helpers import (
     pickle_copy,
 )
 
-README = Path(__file__).parent.parent / "README.md"
+DEPLOYMENT = Path(__file__).parent.parent / "docs" / "deployment.md"
 
 
 @pytest.fixture
@@ -210,9 +210,9 @@ def test_two_processes_share_one_audit_log(tmp_path: Path) -> None:
     assert {"time", "pid", "file"} <= set(records[0])
 
 
-def test_readme_production_policy_is_complete_and_valid(tmp_path: Path) -> None:
-    """The README's production example sets every setting, and resolves as written."""
-    text = README.read_text()
+def test_documented_production_policy_is_complete_and_valid(tmp_path: Path) -> None:
+    """The documented production policy sets every setting, and resolves as written."""
+    text = DEPLOYMENT.read_text()
     block = re.search(r"```toml\n(# production.*?)```", text, re.S)
     assert block is not None
     policy_file = tmp_path / "policy.toml"

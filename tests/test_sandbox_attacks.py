@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import subprocess
@@ -50,8 +51,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, Path, Pa
     return out
 
 
-def test_corpus_size() -> None:
-    assert len(attacks.TECHNIQUES) >= 30
+def test_techniques_are_many_different_gadgets(tmp_path: Path) -> None:
+    """Many techniques, not one: every payload differs, and together they name at least
+    twenty different callables (some payloads are deliberately malformed pickles)."""
+    import pickletools
+
+    payloads = [attacks.payload(t, tmp_path / "c") for t in attacks.TECHNIQUES]
+    assert len(set(payloads)) == len(payloads)
+    named = set()
+    for data in payloads:
+        with contextlib.suppress(ValueError):
+            named |= {
+                arg for op, arg, _ in pickletools.genops(data) if op.name in ("GLOBAL", "INST")
+            }
+    assert len(named) >= 20, sorted(named)
 
 
 def test_every_technique_is_live_without_sandboxload(corpus: list[tuple[str, Path, Path]]) -> None:

@@ -30,6 +30,7 @@ from sandboxload.sandbox.protocol import READ_ZIP
 from .attacks import G, X, torch_zip
 from .helpers import (
     clean_env,
+    load_in_worker,
     run_py,
 )
 
@@ -115,23 +116,32 @@ def test_fails_closed_without_seccomp(tmp_path: Path) -> None:
     assert issubclass(SandboxUnavailableError, OSError)
 
 
-def test_child_environment_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Secrets in the parent's env never reach the child (checked from the outside)."""
+def test_child_is_isolated_this_interpreter_with_an_empty_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secrets in the parent's env never reach the child, which is this interpreter in
+    isolated mode without site-packages, in its own session, with only the fds it needs
+    (checked from the outside)."""
+    import sys
+
     from sandboxload.sandbox import spare
 
-    seen: list[dict[str, str]] = []
+    seen: list[tuple[list[str], dict[str, object]]] = []
     real = spare.subprocess.Popen
 
     def spy(*args: object, **kwargs: object) -> object:
-        seen.append(kwargs["env"])  # type: ignore[arg-type]
-        assert kwargs["start_new_session"] and set(kwargs["pass_fds"]) <= set(range(3, 4096))
+        seen.append((list(args[0]), kwargs))  # type: ignore[call-overload]
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setenv("HF_TOKEN", "secret")
     monkeypatch.setenv("SANDBOXLOAD_SPARE", "off")  # a fresh spawn, so the spy sees it
     monkeypatch.setattr(spare.subprocess, "Popen", spy)
     torch.load(small(tmp_path))
-    assert seen == [{}]
+    # The one worker spawned for this load (the spy also sees whatever else runs a process).
+    [(argv, kwargs)] = [(a, k) for a, k in seen if any(x.startswith("ckpt_fd=") for x in a)]
+    assert argv[:6] == [sys.executable, "-I", "-S", "-B", "-c", spare.BOOT]
+    assert kwargs["env"] == {} and kwargs["cwd"] == "/" and kwargs["start_new_session"]
+    assert len(kwargs["pass_fds"]) == 2  # type: ignore[arg-type]
 
 
 # --- resource attacks ----------------------------------------------------------------------
@@ -335,13 +345,20 @@ def test_loads_from_many_threads(tmp_path: Path, no_leaks: None) -> None:
     assert results == {i: 1000.0 * i for i in range(8)}
 
 
-def test_errors_pickle_across_processes(tmp_path: Path) -> None:
-    import pickle
+def test_errors_cross_processes(tmp_path: Path) -> None:
+    """A refusal in a multiprocessing worker reaches the parent typed, with its attributes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    err = CorruptCheckpointError("/m.pt", "detail")
-    back = pickle.loads(pickle.dumps(err))
-    assert type(back) is CorruptCheckpointError and str(back) == str(err)
-    assert back.file == "/m.pt"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(torch_zip(b"\x80\x02" + G("os", "system") + b"(" + X("true") + b"tR."))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        future = pool.submit(load_in_worker, str(bad))
+        with pytest.raises(UnsafeGlobalError) as info:
+            future.result(timeout=120)
+    assert info.value.file == str(bad) and info.value.global_name == "os.system"
+    assert str(bad) in str(info.value)
 
 
 def test_spare_worker_serves_one_load_and_is_replaced(tmp_path: Path) -> None:
