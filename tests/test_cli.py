@@ -10,20 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import (
-    PY,
-    clean_env,
-)
-
-
-def wrapper(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "sandboxload", *args],
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from .helpers import PY, clean_env, run_cli
 
 
 @pytest.fixture
@@ -56,7 +43,7 @@ def fake_console_script(tmp_path: Path, malicious: dict[str, Path]) -> dict[str,
 def test_console_script_runs_in_process_and_children_are_covered(
     fake_console_script: dict[str, str], canary: Path
 ) -> None:
-    proc = wrapper("fakecmd", "a", "--b", env=fake_console_script)
+    proc = run_cli("fakecmd", "a", "--b", env=fake_console_script)
     assert proc.returncode == 3, proc.stderr
     out = json.loads(proc.stdout)
     assert out == {
@@ -76,10 +63,10 @@ def test_other_commands_are_execd_with_the_env(checkpoints: dict[str, Path]) -> 
         "print('sandboxload.cli' in sys.modules, os.environ['SANDBOXLOAD'])\n"
         "sys.exit(7)\n"
     )
-    proc = wrapper("--pickle", "refuse", PY, "-c", code)
+    proc = run_cli("--pickle", "refuse", PY, "-c", code)
     assert proc.returncode == 7, proc.stderr
     assert proc.stdout.split() == ["refused", "False", "1"]
-    proc = wrapper("run", "--", PY, "-c", "import sys; sys.exit(5)")
+    proc = run_cli("run", "--", PY, "-c", "import sys; sys.exit(5)")
     assert proc.returncode == 5
 
 
@@ -87,30 +74,30 @@ def test_options_become_env_for_the_command(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     code = "import os; print(os.environ['SANDBOXLOAD_PICKLE'], os.environ['SANDBOXLOAD_AUDIT_LOG'])"
     env = clean_env(SANDBOXLOAD_PICKLE="refuse")  # the CLI option wins over the env
-    proc = wrapper("--pickle", "allow", "--audit-log", str(log), PY, "-c", code, env=env)
+    proc = run_cli("--pickle", "allow", "--audit-log", str(log), PY, "-c", code, env=env)
     assert proc.stdout.split() == ["allow", str(log)], proc.stderr
 
 
 def test_unknown_command_is_127() -> None:
-    proc = wrapper("no-such-command-xyz", "arg")
+    proc = run_cli("no-such-command-xyz", "arg")
     assert proc.returncode == 127
     assert "no-such-command-xyz: command not found" in proc.stderr
 
 
 def test_bad_policy_is_rejected_before_running(tmp_path: Path) -> None:
-    proc = wrapper(PY, "-c", "print('ran')", env=clean_env(SANDBOXLOAD_PICKLE="maybe"))
+    proc = run_cli(PY, "-c", "print('ran')", env=clean_env(SANDBOXLOAD_PICKLE="maybe"))
     assert proc.returncode == 2 and "ran" not in proc.stdout
     assert "SANDBOXLOAD_PICKLE" in proc.stderr and "sandbox, refuse, allow" in proc.stderr
 
 
 def test_version_help_and_reserved_words() -> None:
-    assert wrapper("--version").stdout.startswith("sandboxload 0.")
-    helptext = wrapper("--help").stdout
+    assert run_cli("--version").stdout.startswith("sandboxload 0.")
+    helptext = run_cli("--help").stdout
     for word in ("--pickle", "--audit-log", "--policy", "--site-dir", "run -- COMMAND"):
         assert word in helptext
-    proc = wrapper("convert", "x")
+    proc = run_cli("convert", "x")
     assert proc.returncode == 2 and "reserved" in proc.stderr
-    assert wrapper().returncode == 2
+    assert run_cli().returncode == 2
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:
@@ -128,10 +115,10 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
 
 
 def test_doctor_proves_the_filter() -> None:
-    proc = wrapper("doctor")
+    proc = run_cli("doctor")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "killed by seccomp" in proc.stdout and "activates a new interpreter" in proc.stdout
-    proc = wrapper("--seccomp", "off", "doctor")
+    proc = run_cli("--seccomp", "off", "doctor")
     assert proc.returncode == 1 and "SANDBOXLOAD_SECCOMP=off" in proc.stdout
 
 
@@ -143,12 +130,12 @@ def test_scan(tmp_path: Path, malicious: dict[str, Path], canary: Path) -> None:
     models.mkdir()
     safetensors.torch.save_file({"w": torch.ones(2)}, str(models / "a.safetensors"))
     torch.save({"w": torch.ones(2)}, models / "b.bin")
-    proc = wrapper("scan", "--json", str(models))
+    proc = run_cli("scan", "--json", str(models))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdicts = {Path(r["file"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
     assert verdicts["a.safetensors"]["verdict"] == "ok"
     assert verdicts["b.bin"]["verdict"] == "ok" and "only data" in verdicts["b.bin"]["detail"]
     (models / "c.pt").write_bytes(malicious["zip"].read_bytes())
-    proc = wrapper("scan", str(models))
+    proc = run_cli("scan", str(models))
     assert proc.returncode == 1 and "posix.system" in proc.stdout
-    assert wrapper("scan", str(tmp_path / "missing.bin")).returncode == 2
+    assert run_cli("scan", str(tmp_path / "missing.bin")).returncode == 2

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,14 @@ from sandboxload.errors import FormatNotAllowedError, HashMismatchError, Unpinne
 
 from .helpers import (
     PY,
+    audited,
     clean_env,
     copy_model,
     pickle_copy,
+    run_cli,
 )
 
 DEPLOYMENT = Path(__file__).parent.parent / "docs" / "deployment.md"
-
-
-@pytest.fixture
-def audit_log(sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    log = tmp_path / "audit.jsonl"
-    monkeypatch.setenv("SANDBOXLOAD_AUDIT_LOG", str(log))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return log
-
-
-def entries(log: Path) -> list[dict]:
-    return [json.loads(x) for x in log.read_text().splitlines()]
 
 
 def pin(tmp_path: Path, *paths: Path) -> Path:
@@ -71,7 +60,7 @@ def test_pinned_files_load_and_tampered_or_unlisted_are_refused(
     monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(pin(tmp_path, pkl, st)))
     assert torch.equal(torch.load(pkl)["w"], torch.arange(4.0))
     assert torch.equal(safetensors.torch.load_file(str(st))["w"], torch.arange(4.0))
-    log = entries(audit_log)
+    log = audited(audit_log)
     assert [e["decision"] for e in log] == ["loaded", "loaded"]
     assert log[0]["sha256"] == pinning.digest_fd(os.open(pkl, os.O_RDONLY))
     with pytest.raises(UnpinnedFileError, match="not listed in the manifest"):
@@ -86,7 +75,7 @@ def test_pinned_files_load_and_tampered_or_unlisted_are_refused(
 
     with pytest.raises(UnpinnedFileError):  # an in-memory stream must match a pinned digest
         torch.load(io.BytesIO(other.read_bytes()))
-    assert [e["decision"] for e in entries(audit_log)][2:] == ["refused"] * 4
+    assert [e["decision"] for e in audited(audit_log)][2:] == ["refused"] * 4
 
 
 def test_pinned_model_through_sentence_transformers(
@@ -163,7 +152,7 @@ def test_safetensors_only_allowlist(
     with pytest.raises(FormatNotAllowedError):
         SentenceTransformer(str(pickle_copy(tmp_path / "pkl")), device="cpu")
     SentenceTransformer(str(copy_model(tmp_path / "st")), device="cpu")  # still loads
-    log = entries(audit_log)
+    log = audited(audit_log)
     assert [e["decision"] for e in log if e["file"] == str(renamed)] == ["refused", "refused"]
     assert log[-1]["decision"] == "loaded" and log[-1]["format"] == "safetensors"
 
@@ -233,26 +222,10 @@ def test_wrapper_options_for_the_gates(tmp_path: Path) -> None:
         "os.environ['SANDBOXLOAD_FORMATS'], os.environ['HF_HUB_OFFLINE'])"
     )
     (tmp_path / "m.txt").write_text("")
-    proc = subprocess.run(
-        [
-            PY,
-            "-m",
-            "sandboxload",
-            "--manifest",
-            "m.txt",
-            "--formats",
-            "safetensors",
-            "--offline",
-            "on",
-            sys.executable,
-            "-c",
-            code,
-        ],
+    proc = run_cli(
+        *("--manifest", "m.txt", "--formats", "safetensors", "--offline", "on"),
+        *(PY, "-c", code),
         cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert proc.stdout.split() == [str(tmp_path / "m.txt"), "safetensors", "1"], proc.stderr
 
@@ -261,21 +234,12 @@ def test_pin_and_verify_subcommands(tmp_path: Path) -> None:
     model = copy_model(tmp_path / "m")
     manifest = tmp_path / "SUMS"
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PY, "-m", "sandboxload", *args],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    proc = cli("pin", "--manifest", str(manifest), str(model))
+    proc = run_cli("pin", "--manifest", str(manifest), str(model))
     assert proc.returncode == 0 and "pinned 1 file(s)" in proc.stdout, proc.stderr
     assert manifest.read_text().endswith("  m/model.safetensors\n")
-    assert cli("verify", "--manifest", str(manifest)).returncode == 0
+    assert run_cli("verify", "--manifest", str(manifest)).returncode == 0
     flip_a_byte(model / "model.safetensors")
-    proc = cli("verify", "--manifest", str(manifest))
+    proc = run_cli("verify", "--manifest", str(manifest))
     assert proc.returncode == 1 and "MISMATCH" in proc.stdout
 
 

@@ -13,16 +13,7 @@ import torch
 
 from sandboxload.errors import InvalidSafetensorsError
 
-
-@pytest.fixture
-def audit_log(sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    log = tmp_path / "audit.jsonl"
-    monkeypatch.setenv("SANDBOXLOAD_AUDIT_LOG", str(log))
-    return log
-
-
-def entries(log: Path) -> list[dict]:
-    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+from .helpers import audited
 
 
 def st_file(tmp_path: Path, name: str = "m.safetensors") -> tuple[Path, dict[str, torch.Tensor]]:
@@ -56,7 +47,7 @@ def test_every_entry_point_loads_and_is_audited(audit_log: Path, tmp_path: Path)
     assert torch.equal(model.w, sd["w"])
     got = safetensors.torch.load(path.read_bytes())
     assert torch.equal(got["b"], sd["b"])
-    log = entries(audit_log)
+    log = audited(audit_log)
     assert [e["api"] for e in log] == ["safetensors.safe_open"] * 3 + ["safetensors.torch.load"]
     assert all(e["decision"] == "loaded" and e["route"] == "safetensors" for e in log)
     assert log[0]["file"] == str(path) and log[0]["bytes"] == path.stat().st_size
@@ -129,7 +120,7 @@ def test_malformed_headers_are_refused(audit_log: Path, tmp_path: Path, case: st
             load()
         assert "not a valid safetensors file" in str(info.value)
     assert str(path) in str(info.value) or "<bytes>" in str(info.value)
-    assert all(e["decision"] == "refused" for e in entries(audit_log))
+    assert all(e["decision"] == "refused" for e in audited(audit_log))
 
 
 def test_pickle_renamed_safetensors_is_refused(audit_log: Path, tmp_path: Path) -> None:
@@ -137,4 +128,4 @@ def test_pickle_renamed_safetensors_is_refused(audit_log: Path, tmp_path: Path) 
     torch.save({"w": torch.ones(2)}, path)
     with pytest.raises(InvalidSafetensorsError, match="torch-zip"):
         safetensors.torch.load_file(str(path))
-    assert entries(audit_log)[-1]["decision"] == "refused"
+    assert audited(audit_log)[-1]["decision"] == "refused"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from .. import formats, loader, policy, routes
 from ..errors import SandboxLoadError
@@ -52,25 +51,16 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
     if a.route.name == routes.IN_PROCESS and reader is None:
         return "unsafe", f"pickle=allow hands this {a.fmt} file to torch's own loader in-process"
     assert reader is not None
+    from ..sandbox.load import parse_only  # imports torch: only when a pickle is scanned
+
     try:
-        storages = _parse(a, reader)
+        storages = parse_only(a.src.fd, a.src.size, reader, a.src.name, a.pol)
     except SandboxLoadError as exc:
         if a.route.name == routes.IN_PROCESS:
             return "unsafe", f"pickle=allow would load it in-process: {type(exc).__name__}: {exc}"
         raise
     where = "in-process (pickle=allow)" if a.route.name == routes.IN_PROCESS else "the sandbox"
     return "ok", f"pickle with only data: {storages} storages (loads through {where})"
-
-
-def _parse(a: loader.Admitted, reader: str) -> int:
-    """Parse in the sandbox without building anything; the number of storages."""
-    from ..sandbox import client
-    from ..sandbox.load import limits
-
-    assert a.src.fd is not None
-    parsed = client.run(a.src.fd, a.src.size, reader, a.src.name, limits(a.pol, a.src.size))
-    os.close(parsed.memfd)
-    return len(parsed.description.get("storages") or [])
 
 
 def main(argv: list[str]) -> int:

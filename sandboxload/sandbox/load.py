@@ -117,3 +117,13 @@ def _build(
         memfd_size=memfd_size,
         extra_globals=pol.allow_globals,
     )
+
+
+def parse_only(fd: int, size: int, reader: str, name: str, pol: Policy) -> int:
+    """Parse in the sandbox without building anything (``scan``); the number of storages.
+
+    Raises the same typed errors a load would (an unsafe global, a malformed file)."""
+    parsed = client.run(fd, size, reader, name, limits(pol, size))
+    os.close(parsed.memfd)
+    storages = parsed.description.get("storages")
+    return len(storages) if isinstance(storages, list) else 0
