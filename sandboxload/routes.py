@@ -69,10 +69,8 @@ def route(fmt: str, pol: Policy, asked: str = ANY_WEIGHTS) -> Route:
     if asked == SAFETENSORS_ONLY:
         if fmt == formats.SAFETENSORS:
             return Route(SAFETENSORS, "valid safetensors header")
-        return _refuse(
-            f"its bytes are a {fmt} file",
-            lambda f: InvalidSafetensorsError(f, f"its bytes are a {fmt} file"),
-        )
+        detail = f"its bytes are not a safetensors file (they sniff as {fmt})"
+        return _refuse(detail, lambda f: InvalidSafetensorsError(f, detail))
     if fmt == formats.SAFETENSORS:
         return Route(SAFETENSORS, "safetensors holds no code")
     if pol.pickle == "allow":
