@@ -16,12 +16,19 @@ same situation, so existing ``except`` clauses keep working::
     ├── SandboxTimeoutError (TimeoutError)        the child overran SANDBOXLOAD_TIMEOUT
     ├── SandboxViolationError (PermissionError)   the child tried a forbidden system call
     ├── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
-    ├── RemoteCodeRefusedError (PermissionError)  a model asked to run its own code
+    ├── RemoteCodeRefusedError (ImportError)      a model asked to run its own code (*)
     ├── ModelFolderError (ValueError)             a model folder file redirects loading unsafely
     ├── HashMismatchError (PermissionError)       a pinned file's bytes are not the pinned ones
     ├── UnpinnedFileError (PermissionError)       a weight file the manifest does not list
     ├── FormatNotAllowedError (PermissionError)   a format outside SANDBOXLOAD_FORMATS
     └── OfflineError (ConnectionError)            a download attempted in offline mode
+
+(*) Not an ``OSError`` nor a ``ValueError``: transformers and sentence-transformers wrap their
+dynamic-module steps in ``except OSError`` / ``except (OSError, ValueError)`` and carry on, so
+those bases would turn a refusal into a silent fallback. ``ImportError`` is what the caller
+would see if the model's code could not be imported; and a refusal that some broader
+``except`` swallows anyway is re-raised by the user-facing entry point
+(:mod:`sandboxload.refusals`).
 
 Every message names the file (or setting), what happened, and how to proceed. Errors pickle
 (for ``multiprocessing``) with their message and attributes.
@@ -177,7 +184,7 @@ class SandboxMemoryError(_FileError, MemoryError):
         )
 
 
-class RemoteCodeRefusedError(_FileError, PermissionError):
+class RemoteCodeRefusedError(_FileError, ImportError):
     """A model (config ``auto_map``, ``modules.json``, an activation function...) asked to
     import or run code; refused unless the policy allows remote code."""
 

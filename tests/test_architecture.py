@@ -46,6 +46,7 @@ LAYERS = [
         "sandboxload.modelfolder",
         "sandboxload.safetensors_header",
         "sandboxload.maplocation",
+        "sandboxload.refusals",
         "sandboxload.sandbox",
         "sandboxload.sandbox.*",
     ],

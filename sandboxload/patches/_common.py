@@ -24,6 +24,16 @@ def is_patched(fn: Any) -> bool:
     return getattr(fn, "__sandboxload__", False) is True
 
 
+def _decorate(patched: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """The original's name, docstring and signature, but no ``__wrapped__`` (which would hand
+    callers the unguarded original); marked as ours."""
+    functools.update_wrapper(patched, original, updated=())
+    del patched.__wrapped__  # type: ignore[attr-defined]
+    with contextlib.suppress(TypeError, ValueError):  # a Rust callable may have none
+        patched.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+    return mark(patched)
+
+
 def wrap(
     module: ModuleType,
     name: str,
@@ -34,26 +44,32 @@ def wrap(
 ) -> Callable[..., Any] | None:
     """Replace ``module.name`` with ``make(original)``; a no-op if absent or already patched.
 
-    The replacement carries the original's name, docstring and signature but no
-    ``__wrapped__`` (which would hand callers the unguarded original). ``keep_as`` records the
-    original in :mod:`registry`; ``also`` names further ``(namespace, attribute)`` slots to
-    point at the replacement; every module-level copy made by ``from x import f`` is rebound.
+    ``keep_as`` records the original in :mod:`registry`; ``also`` names further
+    ``(namespace, attribute)`` slots to point at the replacement; every module-level copy
+    made by ``from x import f`` is rebound.
     """
     original = getattr(module, name, None)
     if original is None or is_patched(original):
         return None
-    patched = make(original)
-    functools.update_wrapper(patched, original, updated=())
-    del patched.__wrapped__  # type: ignore[attr-defined]
-    with contextlib.suppress(TypeError, ValueError):  # a Rust callable may have none
-        patched.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    mark(patched)
+    patched = _decorate(make(original), original)
     if keep_as is not None:
         registry.keep(keep_as, original)
     setattr(module, name, patched)
     for namespace, attr in also:
         setattr(namespace, attr, patched)
     replace_everywhere(original, patched)
+    return patched
+
+
+def wrap_method(cls: type, name: str, make: Maker) -> Callable[..., Any] | None:
+    """The same for a function, classmethod or staticmethod defined on ``cls`` itself."""
+    raw = vars(cls).get(name)
+    binder = type(raw) if isinstance(raw, (classmethod, staticmethod)) else None
+    original = raw.__func__ if binder is not None else raw  # type: ignore[union-attr]
+    if not callable(original) or is_patched(original):
+        return None
+    patched = _decorate(make(original), original)
+    setattr(cls, name, binder(patched) if binder is not None else patched)
     return patched
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from .. import policy
 from ..errors import RemoteCodeRefusedError
-from ._common import wrap
+from ..refusals import refuse, scoped
+from ._common import wrap, wrap_method
 
 ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
 
@@ -40,19 +41,23 @@ def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
     def import_from_string(dotted_path: str) -> Any:
         allowed = isinstance(dotted_path, str) and dotted_path.startswith(ALLOWED_PREFIXES)
         if not allowed and policy.current().remote_code != "allow":
-            raise RemoteCodeRefusedError(
-                _model_folder(),
-                f"its configuration names {dotted_path!r}, which is neither a "
-                "sentence-transformers class nor a torch.nn module",
+            refuse(
+                RemoteCodeRefusedError(
+                    _model_folder(),
+                    f"its configuration names {dotted_path!r}, which is neither a "
+                    "sentence-transformers class nor a torch.nn module",
+                )
             )
         result = original(dotted_path)
         if dotted_path.startswith("torch.nn.") and policy.current().remote_code != "allow":
             import torch
 
             if not (isinstance(result, type) and issubclass(result, torch.nn.Module)):
-                raise RemoteCodeRefusedError(
-                    _model_folder(),
-                    f"{dotted_path!r} is not a torch.nn.Module class",
+                refuse(
+                    RemoteCodeRefusedError(
+                        _model_folder(),
+                        f"{dotted_path!r} is not a torch.nn.Module class",
+                    )
                 )
         return result
 
@@ -62,3 +67,21 @@ def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
 def patch(module: ModuleType) -> None:
     """Hook for ``sentence_transformers.util`` (3.x) and ``...util.misc`` (6.x)."""
     wrap(module, "import_from_string", _guard)
+
+
+# The model classes whose construction is a user-facing load (3.x and 6.x module names).
+MODEL_CLASSES = {
+    "sentence_transformers.SentenceTransformer": "SentenceTransformer",
+    "sentence_transformers.sentence_transformer.model": "SentenceTransformer",
+    "sentence_transformers.cross_encoder.CrossEncoder": "CrossEncoder",
+    "sentence_transformers.cross_encoder.model": "CrossEncoder",
+    "sentence_transformers.sparse_encoder.model": "SparseEncoder",
+}
+
+
+def patch_model_class(module: ModuleType) -> None:
+    """Hook for each module of :data:`MODEL_CLASSES`: a refusal swallowed anywhere while the
+    model is built is re-raised by its constructor."""
+    cls = getattr(module, MODEL_CLASSES.get(module.__name__, ""), None)
+    if isinstance(cls, type):
+        wrap_method(cls, "__init__", scoped)

@@ -1,4 +1,6 @@
-"""transformers: sharded indexes, ``transformers_weights``, and remote code.
+"""transformers: sharded indexes, ``transformers_weights``, typed errors on 4.x.
+
+Remote code is :mod:`transformers_remote`'s.
 
 Weight files themselves need nothing here: ``load_state_dict`` reaches the patched
 ``torch.load`` (pickle -> sandbox) and the patched ``safe_open`` (safetensors, validated).
@@ -11,9 +13,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .. import modelfolder, policy
-from ..errors import RemoteCodeRefusedError, SandboxLoadError
-from ._common import wrap
+from .. import modelfolder
+from ..errors import SandboxLoadError
+from ..refusals import scoped
+from ._common import wrap, wrap_method
 
 
 def _shards(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,24 +41,6 @@ def _resolved(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(*args, **kwargs)
 
     return _get_resolved_checkpoint_files
-
-
-def _refuse_remote(original: Callable[..., Any], what: str) -> Callable[..., Any]:
-    sig = inspect.signature(original)
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        if policy.current().remote_code != "allow":
-            arguments = sig.bind_partial(*args, **kwargs).arguments
-            where = str(
-                arguments.get("module_path")
-                or arguments.get("pretrained_model_name_or_path")
-                or "<unknown>"
-            )
-            target = arguments.get("class_name") or arguments.get("class_reference")
-            raise RemoteCodeRefusedError(where, f"{what} {target!r}")
-        return original(*args, **kwargs)
-
-    return refuse
 
 
 def _surface(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,12 +69,5 @@ def patch_modeling(module: ModuleType) -> None:
     wrap(module, "get_checkpoint_shard_files", _shards)
     wrap(module, "_get_resolved_checkpoint_files", _resolved)
     wrap(module, "load_state_dict", _surface)
-
-
-def patch_dynamic(module: ModuleType) -> None:
-    wrap(
-        module,
-        "get_class_from_dynamic_module",
-        lambda f: _refuse_remote(f, "it ships its own code, class"),
-    )
-    wrap(module, "get_class_in_module", lambda f: _refuse_remote(f, "it ships its own code, class"))
+    if isinstance(getattr(module, "PreTrainedModel", None), type):
+        wrap_method(module.PreTrainedModel, "from_pretrained", scoped)
