@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from . import remote_models
 from .helpers import (
     PY,
     SENTENCES,
@@ -160,6 +161,47 @@ def test_remote_code_model_fails_to_start(servers: Any, tmp_path: Path, canary: 
     server = servers(model, wrapped=True, extra_env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert not server.wait_ready()
     assert "RemoteCodeRefusedError" in server.output(), server.output()[-3000:]
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()}
+
+
+def test_reranker_with_auto_map_fails_to_start_and_writes_nothing(
+    servers: Any, tmp_path: Path
+) -> None:
+    """A sequence-classification (reranker) folder whose config maps the class to its own
+    code, served with infinity's default trust_remote_code=True: the typed refusal is in the
+    output, the code never ran, and nothing was written outside the model folder (the modules
+    cache included)."""
+    canaries = tmp_path / "canaries"
+    canaries.mkdir()
+    build = remote_models.CASES["cross-encoder-auto_map"].build
+    # Live first: the plain server runs the folder's code (the canary appears).
+    live = build(tmp_path / "reranker-live", "live")
+    plain = servers(
+        live,
+        wrapped=False,
+        extra_env={
+            "HF_MODULES_CACHE": str(tmp_path / "live-modules"),
+            "EVIL_CANARY_DIR": str(canaries),
+        },
+    )
+    plain.wait_ready()
+    plain.stop()
+    assert (canaries / "live").exists(), plain.output()[-3000:]
+    model = build(tmp_path / "reranker", "rr")
+    before = files_under(tmp_path)
+    server = servers(
+        model,
+        wrapped=True,
+        extra_env={"HF_MODULES_CACHE": str(tmp_path / "modules"), "EVIL_CANARY_DIR": str(canaries)},
+    )
+    assert not server.wait_ready()
+    assert "RemoteCodeRefusedError" in server.output(), server.output()[-3000:]
+    assert not (canaries / "rr").exists()
+    written = files_under(tmp_path) - before - {server.log.name}
+    assert written == set(), written
 
 
 @pytest.mark.skipif(SERVES, reason="only on transformers 5")
