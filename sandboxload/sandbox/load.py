@@ -84,14 +84,20 @@ def load(
         )
     finally:
         os.close(parsed.memfd)
-    storages = parsed.description.get("storages")
-    if (
-        key is not None
-        and isinstance(storages, list)
-        and all(isinstance(s, list) and s[2:3] == ["file"] for s in storages)
-    ):
+    if key is not None and _self_contained(parsed.description):
         _kept.put(key, parsed.description)
     return result
+
+
+def _self_contained(description: dict[str, Any]) -> bool:
+    """Whether a (validated) description can be rebuilt without its memfd: every storage and
+    every NumPy array lies in the file itself."""
+    storages, nodes = description.get("storages"), description.get("nodes")
+    if not isinstance(storages, list) or not isinstance(nodes, list):
+        return False
+    return all(
+        isinstance(s, list) and s[2:3] in (["file"], ["view"]) for s in storages
+    ) and not any(isinstance(n, list) and n[:1] == ["ndarray"] for n in nodes)
 
 
 def _build(

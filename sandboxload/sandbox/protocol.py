@@ -8,8 +8,11 @@ below, and answers with one JSON description (never pickle) on stdout:
 - ``{"version", "error": {"kind", "message", ...}}`` with a kind from :data:`ERROR_KINDS`.
 
 ``storages[i]`` has the fields of :data:`STORAGE_FIELDS`: ``source`` is ``"file"`` (a byte
-range of the checkpoint, mapped zero-copy) or ``"memfd"`` (a range of the memfd the parent
-sized and sealed); ``location`` is torch's location tag (``"cpu"``, ``"cuda:0"``).
+range of the checkpoint, mapped zero-copy), ``"memfd"`` (a range of the memfd the parent
+sized and sealed) or ``"view"`` (a range of the earlier storage ``base``, as legacy checkpoints
+share storage between views and their root); ``location`` is torch's location tag (``"cpu"``,
+``"cuda:0"``). File and memfd ranges start on :data:`ALIGN` and never overlap: sharing exists
+only where a view says so.
 
 ``nodes[i]`` is ``[kind, *fields]`` with the fields :data:`NODE_FIELDS` lists for the kind.
 Fields named ``*_id`` / ``items`` / ``pairs`` / ``attrs`` hold node indices. Mutable
@@ -58,8 +61,9 @@ ERR_MALFORMED = "malformed"  # anything else wrong with the file
 ERR_SECCOMP = "seccomp_unavailable"  # the filter could not be installed
 ERROR_KINDS = (ERR_UNSAFE_GLOBAL, ERR_UNSUPPORTED, ERR_MEMORY, ERR_MALFORMED, ERR_SECCOMP)
 
-STORAGE_FIELDS = ("dtype", "nbytes", "source", "offset", "location")
-SOURCES = ("file", "memfd")
+STORAGE_FIELDS = ("dtype", "nbytes", "source", "offset", "location", "base")
+SOURCES = ("file", "memfd", "view")
+ALIGN = 64  # torch aligns zip records to 64 bytes; the child aligns memfd ranges the same
 
 # Node kind -> its fields after the kind.
 NODE_FIELDS = {

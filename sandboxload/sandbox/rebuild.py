@@ -17,25 +17,33 @@ import argparse
 import base64
 import collections
 import importlib
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..errors import CorruptCheckpointError, UnsafeGlobalError
+from ..errors import CorruptCheckpointError, SandboxLoadError, UnsafeGlobalError
 from ..maplocation import restore, untyped
 from . import rebuild_numpy
-from .protocol import DTYPE_SIZES, SHELLS, SOURCES, STORAGE_FIELDS, TENSOR_METADATA_KEYS, VERSION
+from .protocol import (
+    ALIGN,
+    DTYPE_SIZES,
+    SHELLS,
+    SOURCES,
+    STORAGE_FIELDS,
+    TENSOR_METADATA_KEYS,
+    VERSION,
+)
 from .validate import MAX_ELEMENTS, Invalid, check, float_, int_, ints, node_fields, str_
 
 # Fixed table: dtype name -> torch.dtype (nothing is looked up by a name the file chose).
 _TORCH_DTYPES = {
     str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)
 }
-_TORCH_LAYOUTS = {
-    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.layout)
-}
+# Layouts as torch.save spells them ("torch.strided"), the names _get_layout accepts.
+_TORCH_LAYOUTS = {str(v): v for v in vars(torch).values() if isinstance(v, torch.layout)}
 
 
 class Rebuilder:
@@ -53,7 +61,8 @@ class Rebuilder:
         self.map_location = map_location
         self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_size)}
         self.extra_globals = extra_globals
-        self.storages: list[tuple[Any, str, int]] = []  # (untyped storage, dtype, nbytes)
+        # (untyped storage, dtype, nbytes, is a view)
+        self.storages: list[tuple[Any, str, int, bool]] = []
         self.objects: list[Any] = []
 
     # --- storages -------------------------------------------------------------------------
@@ -62,20 +71,47 @@ class Rebuilder:
         return untyped(restore(storage, location, self.map_location))
 
     def build_storages(self, entries: Any) -> None:
+        """One torch storage per entry. File and memfd ranges must be aligned as torch and
+        the child align them, and may not overlap (two tensors never alias unless the pickle
+        shared them, which it says with a view of an earlier storage)."""
         check(isinstance(entries, list), "storages must be a list")
-        for entry in entries:
+        ranges: dict[str, list[tuple[int, int]]] = {"file": [], "memfd": []}
+        for index, entry in enumerate(entries):
             check(isinstance(entry, list) and len(entry) == len(STORAGE_FIELDS), "storage entry")
-            dtype, nbytes, source, offset, location = entry
+            dtype, nbytes, source, offset, location, base = entry
             check(dtype in DTYPE_SIZES, "storage dtype")
             check(source in SOURCES, "storage source")
+            location = str_(location, "storage location", 64)
+            if source == "view":
+                self.storages.append(self._view(index, dtype, nbytes, offset, base))
+                continue
+            check(base is None, "only a view has a base storage")
             getter, limit = self.sources[source]
             nbytes = int_(nbytes, "storage size", 0, limit)
             offset = int_(offset, "storage offset", 0, limit)
             check(offset + nbytes <= limit, "storage lies outside its source")
-            location = str_(location, "storage location", 64)
+            check(nbytes % DTYPE_SIZES[dtype] == 0, "storage size is not whole elements")
+            if nbytes:
+                check(offset % ALIGN == 0, f"storage at {offset} is not {ALIGN}-byte aligned")
+                ranges[source].append((offset, offset + nbytes))
             storage = getter()[offset : offset + nbytes] if nbytes else torch.UntypedStorage(0)
-            storage = self._restore(storage, location)
-            self.storages.append((storage, dtype, nbytes))
+            self.storages.append((self._restore(storage, location), dtype, nbytes, False))
+        for spans in ranges.values():
+            spans.sort()
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                check(start >= end, "two storages overlap: every storage has its own record")
+
+    def _view(self, index: int, dtype: str, nbytes: Any, offset: Any, base: Any) -> Any:
+        check(type(base) is int and 0 <= base < index, "a view names an earlier storage")
+        storage, _, base_nbytes, is_view = self.storages[base]
+        check(not is_view, "a view names a base storage, not another view")
+        nbytes = int_(nbytes, "view size", 0, base_nbytes)
+        offset = int_(offset, "view offset", 0, base_nbytes)
+        check(offset + nbytes <= base_nbytes, "view runs past its base storage")
+        check(nbytes % DTYPE_SIZES[dtype] == 0, "view size is not whole elements")
+        if storage.device.type == "meta":  # meta storages have no bytes to share
+            return torch.UntypedStorage(nbytes, device="meta"), dtype, nbytes, True
+        return storage[offset : offset + nbytes], dtype, nbytes, True
 
     # --- nodes ----------------------------------------------------------------------------
 
@@ -256,7 +292,7 @@ class Rebuilder:
     def _tensor(self, args: list[Any]) -> torch.Tensor:
         sid, offset, size, stride, requires_grad, dtype, metadata, attrs = args
         check(type(sid) is int and 0 <= sid < len(self.storages), "tensor storage")
-        storage, _, nbytes = self.storages[sid]
+        storage, _, nbytes, _ = self.storages[sid]
         check(dtype in DTYPE_SIZES and type(requires_grad) is bool, "tensor dtype")
         offset = int_(offset, "storage offset")
         size, stride = ints(size, "size"), ints(stride, "stride")
@@ -305,5 +341,7 @@ def rebuild(description: Any, name: str, **kwargs: Any) -> Any:
         return Rebuilder(name, **kwargs).build(description)
     except Invalid as exc:
         raise CorruptCheckpointError(name, f"sandbox description rejected: {exc}") from None
-    except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
+    except SandboxLoadError:
+        raise
+    except Exception as exc:  # anything a hostile description provokes is the file's fault
         raise CorruptCheckpointError(name, f"{type(exc).__name__}: {exc}") from None

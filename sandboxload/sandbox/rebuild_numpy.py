@@ -32,19 +32,21 @@ def dtype(args: list[Any]) -> Any:
     )
     check(type(align) is bool and type(copy) is bool, "numpy dtype flags")
     result = np.dtype(code, align, copy)
-    if state is not None:
-        check(
-            isinstance(state, list)
-            and 0 < len(state) <= 9
-            and all(x is None or type(x) in (int, str) for x in state)
-            and all(x is None for x in state[2:5]),
-            "numpy dtype state",
-        )
-        result.__setstate__(tuple(state))
     check(
         result.kind in "biufc" and result.fields is None and not result.hasobject,
         "numpy dtype must be plain numeric",
     )
+    if state is None:
+        return result
+    # Only the byte order is taken from the file; the rest of the state must be exactly what
+    # numpy itself writes for that dtype (its flags and sizes are never replayed as given).
+    check(isinstance(state, list) and len(state) >= 2, "numpy dtype state")
+    order = state[1]
+    check(order in ("<", ">", "|", "="), "numpy dtype byte order")
+    reference = result.newbyteorder(order) if order in ("<", ">") else result
+    canonical = reference.__reduce__()[2]
+    check(list(canonical) == state, "numpy dtype state is not the one numpy writes")
+    result.__setstate__(canonical)  # numpy's own unpickling step, with numpy's own state
     return result
 
 

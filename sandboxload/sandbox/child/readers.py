@@ -11,7 +11,7 @@ import os
 import struct
 import sys
 
-from ..protocol import DTYPE_SIZES
+from ..protocol import ALIGN, DTYPE_SIZES
 from .errors import Malformed, Unsupported
 from .torch_standins import StorageRef, StorageType, rebuild_tensor
 from .unpickler import RestrictedUnpickler
@@ -19,7 +19,6 @@ from .ziparchive import STORED, ZipArchive
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-ALIGN = 64
 CHUNK = 8 << 20
 
 
@@ -63,9 +62,9 @@ class Output:
         return start
 
     def add_storage(
-        self, dtype: str, nbytes: int, source: str, offset: int, location: str
+        self, dtype: str, nbytes: int, source: str, offset: int, location: str, base: object = None
     ) -> StorageRef:
-        self.storages.append([dtype, nbytes, source, offset, location])
+        self.storages.append([dtype, nbytes, source, offset, location, base])
         return StorageRef(len(self.storages) - 1, dtype, nbytes)
 
 
@@ -142,8 +141,9 @@ def read_zip(fd: int, size: int, out: Output, pickle_cap: int) -> object:
             )
         start = zf.data_offset(entry)
         location = _location(location)
-        if swap and _swap_width(dtype) > 1:
-            moved = out.copy_range(fd, start, nbytes, _swap_width(dtype))
+        if (swap and _swap_width(dtype) > 1) or start % ALIGN:
+            # Byte-swapped, or not where torch would have put it: copied to an aligned range.
+            moved = out.copy_range(fd, start, nbytes, _swap_width(dtype) if swap else 0)
             ref = out.add_storage(dtype, nbytes, "memfd", moved, location)
         else:
             ref = out.add_storage(dtype, nbytes, "file", start, location)
@@ -185,7 +185,8 @@ def read_legacy(f: io.BufferedReader, fd: int, out: Output) -> object:
         view_key, offset, view_numel = view
         if view_key not in refs:
             refs[view_key] = StorageRef(-1, dtype, 0)
-            views.append((view_key, root_key, offset, view_numel))
+            # torch measures a legacy view in elements of the view's own storage type.
+            views.append((view_key, root_key, offset, view_numel, dtype))
         return refs[view_key]
 
     result = RestrictedUnpickler(f, persistent_load).load()
@@ -213,18 +214,20 @@ def _bind(target: StorageRef, source: StorageRef) -> None:
 
 
 def _bind_views(views: list, refs: dict, out: Output) -> None:
-    for view_key, root_key, offset, numel in views:
+    """Each view becomes a "view" storage: a range of its root's storage, shared with it."""
+    for view_key, root_key, offset, numel, view_dtype in views:
         root = refs[root_key]
         if type(offset) is not int or type(numel) is not int or offset < 0 or numel < 0:
             raise Malformed("bad storage view")
-        item = DTYPE_SIZES[root.dtype]
-        dtype, nbytes, source, start, location = out.storages[root.index]
-        if (offset + numel) * item > nbytes:
+        dtype = view_dtype or root.dtype
+        item = DTYPE_SIZES[dtype]
+        if (offset + numel) * item > root.nbytes:
             raise Malformed("storage view runs past its storage")
-        _bind(
-            refs[view_key],
-            out.add_storage(dtype, numel * item, source, start + offset * item, location),
-        )
+        entry = out.storages[root.index]
+        # A view of a view is a range of the same base: views always point at a base storage.
+        base, start = (entry[5], entry[3]) if entry[2] == "view" else (root.index, 0)
+        view = out.add_storage(dtype, numel * item, "view", start + offset * item, entry[4], base)
+        _bind(refs[view_key], view)
 
 
 # --- legacy tar ----------------------------------------------------------------------------
@@ -280,7 +283,8 @@ def _tar_storages(sf: "_Window", fd: int, out: Output, objects: dict) -> None:
             raise Malformed("bad storage view")
         target, root_key, offset, numel = view
         objects[target] = StorageRef(-1, "uint8", 0)
-        _bind_views([(target, root_key, offset, numel)], objects, out)
+        # The tar format measures a view in elements of its root's type.
+        _bind_views([(target, root_key, offset, numel, None)], objects, out)
 
 
 def _tar_tensors(tf: "_Window", objects: dict) -> None:
