@@ -1,0 +1,236 @@
+"""Property-based fuzzing of every parser of hostile input (hypothesis):
+
+- the parent's description validator, on mutations of honest descriptions of real
+  checkpoints: it returns objects whose every tensor reads inside its storage, or raises
+  CorruptCheckpointError / UnsafeGlobalError -- nothing else;
+- the child's readers and unpickler, in the real sandbox, on byte mutations of real zip,
+  legacy and tar checkpoints: a result, or a typed sandboxload error, never a parent crash
+  or hang;
+- the safetensors header validator, on mutated headers: a header, or InvalidSafetensorsError.
+
+CI runs the ``ci`` profile (a short budget per target); ``SANDBOXLOAD_FUZZ=long`` runs the
+long one (``HYPOTHESIS_MAX_EXAMPLES`` examples per target, 100,000 by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sandboxload import policy  # noqa: E402
+from sandboxload.errors import (  # noqa: E402
+    CorruptCheckpointError,
+    InvalidSafetensorsError,
+    SandboxLoadError,
+    UnsafeGlobalError,
+)
+from sandboxload.safetensors_header import parse_header  # noqa: E402
+from sandboxload.sandbox import client  # noqa: E402
+from sandboxload.sandbox.load import limits  # noqa: E402
+from sandboxload.sandbox.rebuild import rebuild  # noqa: E402
+
+from . import corpus  # noqa: E402
+
+LONG = os.environ.get("SANDBOXLOAD_FUZZ") == "long"
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "100000")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+PROFILE = "long" if LONG else "ci"
+
+
+def _honest() -> dict[str, tuple[bytes, dict[str, Any], bytes]]:
+    """(file bytes, description, memfd bytes) of real checkpoints, parsed by the real child."""
+    cases = corpus.cases()
+    out = {}
+    for name in ("views", "containers", "numpy", "params", "dtypes"):
+        for legacy in (False, True):
+            buf = io.BytesIO()
+            try:
+                torch.save(cases[name], buf, _use_new_zipfile_serialization=not legacy)
+            except Exception:  # not every case has a legacy form
+                continue
+            data = buf.getvalue()
+            fd = client.memfd_from_bytes(data)
+            try:
+                reader = "torch-legacy" if legacy else "torch-zip"
+                parsed = client.run(fd, len(data), reader, name, limits(policy.resolve({}), 0))
+                memfd = os.pread(parsed.memfd, parsed.memfd_capacity, 0)
+                os.close(parsed.memfd)
+            finally:
+                os.close(fd)
+            out[f"{name}.{'legacy' if legacy else 'zip'}"] = (data, parsed.description, memfd)
+    return out
+
+
+HONEST = _honest()
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, list):
+        for i, x in enumerate(value):
+            out += _paths(x, (*prefix, i))
+    elif isinstance(value, dict):
+        for k, x in value.items():
+            out += _paths(x, (*prefix, k))
+    return out
+
+
+def _storage(data: bytes) -> Any:
+    return torch.frombuffer(bytearray(data or b"\0"), dtype=torch.uint8).untyped_storage()
+
+
+def _touch_every_tensor(obj: Any) -> None:
+    """Read every byte every tensor covers (an out-of-bounds view would crash here)."""
+    stack, seen = [obj], set()
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
+            x.detach().clone()
+        elif isinstance(x, dict):
+            stack += [*x.keys(), *x.values()]
+        elif isinstance(x, list | tuple | set | frozenset):
+            stack += list(x)
+        elif hasattr(x, "__dict__"):
+            stack += list(vars(x).values())
+
+
+@settings(settings.get_profile(PROFILE))
+@given(
+    name=st.sampled_from(sorted(HONEST)),
+    picks=st.lists(st.tuples(st.integers(min_value=0), JSON), min_size=1, max_size=3),
+)
+def test_mutated_descriptions(name: str, picks: list[tuple[int, Any]]) -> None:
+    data, honest, memfd = HONEST[name]
+    description = copy.deepcopy(honest)
+    for where, value in picks:
+        paths = _paths(description)[1:]
+        path = paths[where % len(paths)]
+        target = description
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+    json.dumps(description)  # still what a child could send
+    try:
+        out = rebuild(
+            description,
+            name,
+            map_location=None,
+            file_storage=lambda: _storage(data),
+            memfd_storage=lambda: _storage(memfd),
+            file_size=len(data),
+            memfd_size=len(memfd),
+            extra_globals=(),
+        )
+    except (CorruptCheckpointError, UnsafeGlobalError):
+        return
+    _touch_every_tensor(out)
+
+
+SEEDS = {name: HONEST[name][0] for name in sorted(HONEST)}
+
+
+@pytest.fixture(scope="module")
+def sandboxed_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import sandboxload
+
+    sandboxload.activate(export_env=False)
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@settings(settings.get_profile(PROFILE), max_examples=40 if not LONG else None)
+@given(
+    name=st.sampled_from(sorted(SEEDS)),
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
+        min_size=1,
+        max_size=8,
+    ),
+    cut=st.none() | st.integers(min_value=0),
+)
+def test_mutated_checkpoints_in_the_real_sandbox(
+    sandboxed_module: Path, name: str, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    data = bytearray(SEEDS[name])
+    for at, byte in edits:
+        data[at % len(data)] = byte
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    try:
+        out = torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    except SandboxLoadError:
+        return
+    _touch_every_tensor(out)
+
+
+def _header(entries: dict[str, Any]) -> bytes:
+    raw = json.dumps(entries).encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+SAFETENSORS_SEED = safetensors.torch.save(
+    {"a": torch.ones(3), "b": torch.arange(4, dtype=torch.int16)}, metadata={"format": "pt"}
+)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), max_size=6
+    ),
+    cut=st.none() | st.integers(min_value=0),
+)
+def test_mutated_safetensors_headers(edits: list[tuple[int, int]], cut: int | None) -> None:
+    data = bytearray(SAFETENSORS_SEED)
+    for at, byte in edits:
+        data[at % len(data)] = byte
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    try:
+        header = parse_header(bytes(data), len(data), "<fuzz>")
+    except InvalidSafetensorsError:
+        return
+    end = max((e[3] for e in header.tensors.values()), default=0)
+    assert 8 + header.header_len + end == len(data)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(entries=st.dictionaries(st.text(max_size=8), JSON, max_size=4), tail=st.binary(max_size=64))
+def test_structured_safetensors_headers(entries: dict[str, Any], tail: bytes) -> None:
+    data = _header(entries) + tail
+    with contextlib.suppress(InvalidSafetensorsError):
+        parse_header(data, len(data), "<fuzz>")
