@@ -21,6 +21,7 @@ same situation, so existing ``except`` clauses keep working::
     ├── HashMismatchError (PermissionError)       a pinned file's bytes are not the pinned ones
     ├── UnpinnedFileError (PermissionError)       a weight file the manifest does not list
     ├── FormatNotAllowedError (PermissionError)   a format outside SANDBOXLOAD_FORMATS
+    ├── NotARegularFileError (OSError)            a FIFO, device, socket or directory
     └── OfflineError (ConnectionError)            a download attempted in offline mode
 
 (*) Not an ``OSError`` nor a ``ValueError``: transformers and sentence-transformers wrap their
@@ -244,6 +245,19 @@ class FormatNotAllowedError(_FileError, PermissionError):
             file,
             f"sandboxload refused {file!r}: its bytes are {fmt}, and SANDBOXLOAD_FORMATS "
             f"allows only {', '.join(allowed)}. Convert the file, or widen the allowlist.",
+        )
+
+
+class NotARegularFileError(_FileError, OSError):
+    """A weight file that is a FIFO, a device, a socket or a directory: refused unread."""
+
+    def __init__(self, file: str, kind: str) -> None:
+        self.kind = kind
+        super().__init__(
+            file,
+            f"sandboxload refused {file!r}: it is a {kind}, not a regular file, so nothing "
+            "was read from it (reading a FIFO or a device can block or never end). Replace it "
+            "with the real weight file.",
         )
 
 

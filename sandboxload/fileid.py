@@ -1,19 +1,52 @@
-"""Identity of an open file, for caches that must never outlive the bytes they describe.
+"""Weight files as the parent opens them: without blocking, regular files only; and their
+identity, for caches that must never outlive the bytes they describe.
 
-(device, inode, size, mtime, ctime) of the open descriptor: any write changes the mtime and
-the ctime, and the ctime cannot be set back without privileges, so a changed file never
-matches an old entry.
+A path from a model folder may name a FIFO (``open`` would block forever, before any
+deadline applies), a device (``/dev/zero`` never ends), a socket or a directory: it is opened
+with ``O_NONBLOCK`` and refused unless ``fstat`` says it is a regular file.
+
+Identity is (device, inode, size, mtime, ctime) of the open descriptor: any write changes the
+mtime and the ctime, and the ctime cannot be set back without privileges, so a changed file
+never matches an old entry.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+from .errors import NotARegularFileError
+
 FileId = tuple[int, int, int, int, int]
 V = TypeVar("V")
+_KINDS = {
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFDIR: "directory",
+}
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (never blocks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and stat.S_ISSOCK(os.stat(path).st_mode):
+            raise NotARegularFileError(path, _KINDS[stat.S_IFSOCK]) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(path, _KINDS.get(stat.S_IFMT(mode), "special file"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def identity(fd: int) -> FileId | None:

@@ -8,6 +8,7 @@ below map it to the name ``SANDBOXLOAD_FORMATS`` uses and to the sandbox reader 
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 from typing import IO, Final
@@ -127,5 +128,7 @@ def sniff(f: IO[bytes]) -> str:
 
 
 def sniff_path(path: str) -> str:
-    with open(path, "rb") as f:
+    from .fileid import open_regular
+
+    with os.fdopen(open_regular(path), "rb") as f:
         return sniff(f)

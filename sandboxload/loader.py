@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from . import audit, formats, pinning, policy, routes
 from .errors import HashMismatchError, InvalidSafetensorsError, UnpinnedFileError
+from .fileid import open_regular
 from .patches import registry
 
 
@@ -82,7 +83,7 @@ def open_source(f: Any, name: str | None = None) -> Iterator[Source]:
     """Open a path, or adopt a file object (made seekable), for sniffing and loading."""
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(f))
-        with open(path, "rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:
             yield Source(path, fh, fh.fileno(), os.fstat(fh.fileno()).st_size)
         return
     if not hasattr(f, "read"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import HashMismatchError, PolicyError, UnpinnedFileError
-from .fileid import LRU, identity
+from .fileid import LRU, identity, open_regular
 
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _BLOB = re.compile(r"[0-9a-f]{64}")
@@ -125,7 +125,7 @@ def write_manifest(paths: list[str], out: str) -> None:
     base = os.path.dirname(os.path.abspath(out))
     lines = []
     for p in sorted(paths):
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(p)
         try:
             lines.append(f"{digest_fd(fd)}  {os.path.relpath(os.path.abspath(p), base)}")
         finally:

@@ -7,7 +7,8 @@ import os
 import sys
 
 from .. import pinning
-from ..errors import PolicyError
+from ..errors import NotARegularFileError, PolicyError
+from ..fileid import open_regular
 from ..modelfolder import weight_files
 
 
@@ -24,7 +25,11 @@ def pin(argv: list[str]) -> int:
     if not files:
         sys.stderr.write("sandboxload pin: no weight files found\n")
         return 2
-    pinning.write_manifest(files, opts.manifest)
+    try:
+        pinning.write_manifest(files, opts.manifest)
+    except OSError as exc:  # NotARegularFileError included: nothing is written then
+        sys.stderr.write(f"sandboxload pin: {exc}\n")
+        return 2
     print(f"pinned {len(files)} file(s) in {opts.manifest}")
     return 0
 
@@ -48,7 +53,11 @@ def verify(argv: list[str]) -> int:
             continue
         seen.add(real)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
+        except NotARegularFileError as exc:
+            print(f"REFUSED  {path} (a {exc.kind}, not a regular file)")
+            bad += 1
+            continue
         except OSError as exc:
             print(f"MISSING  {path} ({exc.strerror})")
             bad += 1
