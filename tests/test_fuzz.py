@@ -172,7 +172,10 @@ def sandboxed_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-@settings(settings.get_profile(PROFILE), max_examples=40 if not LONG else None)
+@settings(
+    settings.get_profile(PROFILE),
+    max_examples=settings.get_profile(PROFILE).max_examples if LONG else 40,
+)
 @given(
     name=st.sampled_from(sorted(SEEDS)),
     edits=st.lists(
