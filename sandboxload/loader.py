@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import audit, formats, pinning, policy, routes
-from .errors import HashMismatchError, InvalidSafetensorsError, UnpinnedFileError
-from .fileid import open_regular
+from .errors import (
+    CorruptCheckpointError,
+    HashMismatchError,
+    InvalidSafetensorsError,
+    UnpinnedFileError,
+)
+from .fileid import FileId, identity, open_regular
 from .patches import registry
 
 
@@ -71,6 +76,7 @@ class Admitted:
     pol: policy.Policy
     route: routes.Route
     log: AuditLine
+    file_id: FileId | None = None  # the file's identity when it was sniffed and pinned
 
 
 def _describe(f: Any) -> str:
@@ -114,7 +120,8 @@ def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = 
     """Sniff the opened file and route it; nothing is parsed yet."""
     fmt = formats.sniff(src.file)
     log = AuditLine(pol, api, src.name, fmt, src.size, enabled=audit)
-    return Admitted(src, fmt, pol, routes.route(fmt, pol, asked), log)
+    file_id = identity(src.fd) if src.fd is not None else None
+    return Admitted(src, fmt, pol, routes.route(fmt, pol, asked), log, file_id)
 
 
 def pin(a: Admitted) -> None:
@@ -171,7 +178,7 @@ def torch_load(
                     **pickle_load_args,
                 )
             else:
-                result = _sandboxed(src, route, a.pol, map_location)
+                result = _sandboxed(a, map_location, mmap)
         except Exception as exc:
             a.log.write("refused", route.name, f"{type(exc).__name__}: {exc}")
             raise
@@ -181,18 +188,33 @@ def torch_load(
         return result
 
 
-def _sandboxed(src: Source, route: routes.Route, pol: policy.Policy, map_location: Any) -> Any:
-    from .sandbox import client
+def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
+    """The sandbox route. Tensors own their memory, as torch.load's do: the file is read once
+    into a sealed snapshot, which the child parses and the tensors are built from -- unless
+    the caller asked for a mapping (``mmap=True``, as torch maps) or for no data at all
+    (``map_location="meta"``), when the file itself is used."""
+    from .sandbox import memfds
     from .sandbox.load import load
 
-    assert route.reader is not None
-    if src.fd is not None:
-        return load(src.fd, src.size, route.reader, src.name, pol, map_location)
-    fd = client.memfd_from_bytes(src.file.read())
+    src, reader = a.src, a.route.reader
+    assert reader is not None
+    if src.fd is None:
+        fd = memfds.from_bytes(src.file.read())
+    elif mmap or _is_meta(map_location):
+        return load(src.fd, src.size, reader, src.name, a.pol, map_location)
+    else:
+        fd = memfds.snapshot(src.fd, src.size, src.name)
+        if identity(src.fd) != a.file_id:  # written to since it was sniffed and pinned
+            os.close(fd)
+            raise CorruptCheckpointError(src.name, "the file changed while it was being loaded")
     try:
-        return load(fd, src.size, route.reader, src.name, pol, map_location)
+        return load(fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
     finally:
         os.close(fd)
+
+
+def _is_meta(map_location: Any) -> bool:
+    return str(map_location) == "meta"
 
 
 def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from sandboxload.errors import (  # noqa: E402
     UnsafeGlobalError,
 )
 from sandboxload.safetensors_header import parse_header  # noqa: E402
-from sandboxload.sandbox import client  # noqa: E402
+from sandboxload.sandbox import client, memfds  # noqa: E402
 from sandboxload.sandbox.load import limits  # noqa: E402
 from sandboxload.sandbox.rebuild import rebuild  # noqa: E402
 
@@ -70,7 +70,7 @@ def _honest() -> dict[str, tuple[bytes, dict[str, Any], bytes]]:
             except Exception:  # not every case has a legacy form
                 continue
             data = buf.getvalue()
-            fd = client.memfd_from_bytes(data)
+            fd = memfds.from_bytes(data)
             try:
                 reader = "torch-legacy" if legacy else "torch-zip"
                 parsed = client.run(fd, len(data), reader, name, limits(policy.resolve({}), 0))

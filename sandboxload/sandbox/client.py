@@ -11,7 +11,6 @@ deadline, and always reaps the child.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import selectors
@@ -32,8 +31,8 @@ from ..errors import (
     UnsafeGlobalError,
     UnsupportedFormatError,
 )
+from . import memfds, spare
 from . import protocol as p
-from . import spare
 
 STDERR_CAP = 64 * 1024
 MIB = 1 << 20
@@ -74,38 +73,6 @@ def filter_program(name: str) -> bytes:
         ) from exc
 
 
-def _memfd(capacity: int) -> int:
-    fd = os.memfd_create("sandboxload-out", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.ftruncate(fd, capacity)
-        # The child may fill it but never grow it: what it produces is bounded by us.
-        fcntl.fcntl(
-            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def memfd_from_bytes(data: bytes, name: str = "sandboxload-in") -> int:
-    """A sealed, read-only memfd holding ``data`` (for file objects without a real file)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        fcntl.fcntl(
-            fd,
-            fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL,
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def memfd_capacity(size: int) -> int:
     # Legacy formats copy each storage once, 64-byte aligned: twice the file is ample.
     return 2 * size + MIB
@@ -117,7 +84,7 @@ def run(
     """Parse the checkpoint open on ``fd`` in a confined child; raise a typed error if it fails."""
     program = filter_program(name) if limits.seccomp else b""
     capacity = memfd_capacity(size)
-    memfd = _memfd(capacity)
+    memfd = memfds.output(capacity)
     try:
         # The child's own open file description: its reads cannot move anyone's offset.
         child_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)

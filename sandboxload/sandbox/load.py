@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..fileid import LRU, identity
+from ..fileid import LRU, FileId, identity
 from ..policy import Policy
 from . import client
 from .rebuild import rebuild
@@ -58,14 +58,16 @@ def load(
     pol: Policy,
     map_location: Any,
     probe: str | None = None,
+    file_id: FileId | None = None,
 ) -> Any:
-    """Parse in the sandbox, then validate and build in this process.
+    """Parse in the sandbox, then validate and build in this process, from ``fd`` (the file
+    itself, or a sealed snapshot of it whose source file had identity ``file_id``).
 
     A zip checkpoint whose storages are all ranges of the file itself (the usual case) is
     described once: loading the same, unchanged file again (transformers reads a checkpoint
     on the meta device, then for real) rebuilds from the kept description, without a child.
     """
-    key = identity(fd)
+    key = file_id or identity(fd)
     key = None if key is None or probe else (key, reader, pol.allow_globals)
     description = _kept.get(key) if key is not None else None
     if description is not None:

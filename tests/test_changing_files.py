@@ -1,0 +1,93 @@
+"""Weight files that change under a running process.
+
+torch's contract: ``torch.load(f)`` returns tensors that own their memory; ``mmap=True``
+returns a mapping of the file. The sandbox route keeps it: without ``mmap=True`` the file is
+read once into a sealed snapshot (the bytes that were sniffed and pinned) and the tensors are
+built from that, so rewriting or truncating the file afterwards changes nothing and cannot
+crash the process; with ``mmap=True`` the tensors map the file, as torch's do.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from sandboxload.errors import CorruptCheckpointError
+
+from .helpers import PY, clean_env
+
+REWRITE = """
+import os, sys, torch
+path, legacy = sys.argv[1], sys.argv[2] == "legacy"
+want = {"w": torch.arange(4096, dtype=torch.float32), "b": torch.ones(7, dtype=torch.float64)}
+torch.save(want, path, _use_new_zipfile_serialization=not legacy)
+got = torch.load(path)
+# What `cp new.bin pytorch_model.bin` does: truncate in place, then write other bytes.
+with open(path, "r+b") as f:
+    f.truncate(0)
+    f.write(os.urandom(100))
+ok = all(torch.equal(got[k], want[k]) for k in want)
+print("kept" if ok else "changed")
+"""
+
+
+@pytest.mark.parametrize("form", ["zip", "legacy"])
+def test_tensors_survive_the_file_being_rewritten(tmp_path: Path, form: str) -> None:
+    proc = subprocess.run(
+        [PY, "-c", REWRITE, str(tmp_path / "w.pt"), form],
+        env=clean_env(SANDBOXLOAD="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Before: a SIGBUS (-7) when the mapped pages were read after the truncation.
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "kept"
+
+
+def _maps_of(path: Path) -> list[str]:
+    inode = str(path.stat().st_ino)
+    return [m for m in Path("/proc/self/maps").read_text().splitlines() if m.split()[4] == inode]
+
+
+def test_only_mmap_true_maps_the_file(sandboxed: None, tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(1 << 16, dtype=torch.float32)}, path)
+    owned = torch.load(path)
+    assert _maps_of(path) == []  # tensors own their memory
+    mapped = torch.load(path, mmap=True)
+    ptr = mapped["w"].data_ptr()
+    spans = [m.split()[0].split("-") for m in _maps_of(path)]
+    assert any(int(a, 16) <= ptr < int(b, 16) for a, b in spans)
+    assert torch.equal(owned["w"], mapped["w"])
+
+
+def test_a_file_written_during_the_load_is_refused(
+    sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write between the sniff (and pin) and the snapshot: the bytes read might not be the
+    bytes that were checked, so the load is refused."""
+    from sandboxload.sandbox import memfds
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    real = memfds.snapshot
+
+    def racing(fd: int, size: int, name: str) -> int:
+        snap = real(fd, size, name)
+        with open(path, "ab") as f:  # someone appends while we read
+            f.write(b"\0")
+        return snap
+
+    monkeypatch.setattr(memfds, "snapshot", racing)
+    with pytest.raises(CorruptCheckpointError, match="changed while"):
+        torch.load(path)
+    monkeypatch.setattr(memfds, "snapshot", real)
+    assert torch.equal(torch.load(path)["w"], torch.ones(3))  # then it loads as written
+    fds = os.listdir("/proc/self/fd")
+    assert not any(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:sandboxload-snapshot")
+                   for fd in fds if os.path.exists(f"/proc/self/fd/{fd}"))  # fmt: skip
