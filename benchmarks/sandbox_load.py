@@ -114,7 +114,7 @@ def main() -> int:
             """One load that really parses in a worker: the kept description is forgotten
             first, and the spare worker (started after the previous load) has finished
             starting, as it has between the loads of a real application."""
-            load._kept.items.clear()
+            load._kept.clear()
             spare.settle()
             time.sleep(0.05)
             return median_ms(lambda: torch.load(path, weights_only=True), 1)

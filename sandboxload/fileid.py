@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -57,20 +58,28 @@ def identity(fd: int) -> FileId | None:
 
 
 class LRU(Generic[V]):
-    """A small bounded map (most recently used kept)."""
+    """A small bounded map (most recently used kept), safe to share between threads: a
+    lookup and an eviction never interleave."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.items: OrderedDict[object, V] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: object) -> V | None:
-        value = self.items.get(key)
-        if value is not None:
-            self.items.move_to_end(key)
-        return value
+        with self._lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
 
     def put(self, key: object, value: V) -> None:
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        with self._lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.items.clear()

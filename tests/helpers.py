@@ -84,6 +84,25 @@ def run_cli(
     )
 
 
+def resources() -> tuple[int, int, int]:
+    """(child processes, open fds, memfds) of this process, not counting the ready spare
+    worker (one is kept started on purpose)."""
+    import contextlib
+
+    import psutil
+
+    from sandboxload.sandbox import spare
+
+    spare_pid, spare_fds = spare.settle()
+    fds = [fd for fd in os.listdir("/proc/self/fd") if int(fd) not in spare_fds]
+    memfds = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare_pid]
+    return len(children), len(fds), memfds
+
+
 # --- model folders --------------------------------------------------------------------------
 
 SENTENCES = ["sandboxload keeps weights inert", "A second, longer sentence to embed here."]

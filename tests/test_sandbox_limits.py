@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
@@ -31,6 +30,7 @@ from .attacks import G, X, torch_zip
 from .helpers import (
     clean_env,
     load_in_worker,
+    resources,
     run_py,
 )
 
@@ -38,21 +38,6 @@ from .helpers import (
 @pytest.fixture(autouse=True)
 def _sandboxed(sandboxed: None) -> None:
     """Every test here runs with the defaults, activated in this process."""
-
-
-def resources() -> tuple[int, int, int]:
-    """(child processes, open fds, memfds) of this process, not counting the ready spare
-    worker (one is kept started on purpose)."""
-    from sandboxload.sandbox import spare
-
-    spare_pid, spare_fds = spare.settle()
-    fds = [fd for fd in os.listdir("/proc/self/fd") if int(fd) not in spare_fds]
-    memfds = 0
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
-    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare_pid]
-    return len(children), len(fds), memfds
 
 
 @pytest.fixture

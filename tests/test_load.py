@@ -1,0 +1,144 @@
+"""Load tests: many threads and many loads in one process; every result right, nothing leaks.
+
+16 threads x 200 mixed loads (torch zip, legacy, safetensors, each pinned by a manifest; a
+payload and an unlisted file, refused), then 1,000 sequential loads: children, descriptors,
+memfds and RSS stay flat (psutil).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import safetensors.torch
+import torch
+
+from sandboxload import pinning
+from sandboxload.errors import UnpinnedFileError, UnsafeGlobalError
+from sandboxload.fileid import LRU
+
+from .attacks import G, X, torch_zip
+from .helpers import resources
+
+pytestmark = pytest.mark.slow
+THREADS, PER_THREAD, SEQUENTIAL = 16, 200, 1000
+RSS_SLACK = 64 << 20  # allocator noise; a leak per load would be far more over 1,000 loads
+
+
+def test_lru_is_safe_between_threads() -> None:
+    """A lookup and an eviction racing each other raised KeyError with 5 threads."""
+    lru: LRU[int] = LRU(4)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(20_000):
+                key = rng.randrange(8)
+                if lru.get(key) is None:
+                    lru.put(key, key)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+@pytest.fixture
+def mixed(
+    sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, Callable[[], Any]]]:
+    """(expected outcome, load) pairs; every weight file but one is pinned."""
+    want = {"w": torch.arange(64, dtype=torch.float32), "b": torch.ones(3)}
+    zip_, legacy, st = tmp_path / "z.pt", tmp_path / "l.pt", tmp_path / "s.safetensors"
+    torch.save(want, zip_)
+    torch.save(want, legacy, _use_new_zipfile_serialization=False)
+    safetensors.torch.save_file(want, str(st))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(torch_zip(b"\x80\x02" + G("os", "system") + b"(" + X("true") + b"tR."))
+    unlisted = tmp_path / "unlisted.pt"
+    torch.save(want, unlisted)
+    manifest = tmp_path / "SUMS"
+    pinning.write_manifest([str(p) for p in (zip_, legacy, st, evil)], str(manifest))
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(manifest))
+
+    def same(got: dict[str, torch.Tensor]) -> str:
+        return "ok" if all(torch.equal(got[k], want[k]) for k in want) else "WRONG"
+
+    def refused(load: Callable[[], Any], error: type[BaseException]) -> Callable[[], str]:
+        def run() -> str:
+            try:
+                load()
+            except error:
+                return "refused"
+            return "LOADED"
+
+        return run
+
+    return [
+        ("ok", lambda: same(torch.load(zip_))),
+        ("ok", lambda: same(torch.load(legacy))),
+        ("ok", lambda: same(safetensors.torch.load_file(str(st)))),
+        ("ok", lambda: same(torch.load(st))),
+        ("refused", refused(lambda: torch.load(evil), UnsafeGlobalError)),
+        ("refused", refused(lambda: torch.load(unlisted), UnpinnedFileError)),
+    ]
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def test_threads_and_mixed_loads(mixed: list[tuple[str, Callable[[], Any]]]) -> None:
+    errors: list[str] = []
+
+    def work(seed: int, rounds: int = PER_THREAD) -> None:
+        rng = random.Random(seed)
+        for _ in range(rounds):
+            expected, load = rng.choice(mixed)
+            try:
+                got = load()
+            except BaseException as exc:  # reported below
+                got = f"{type(exc).__name__}: {exc}"
+            if got != expected:
+                errors.append(got)
+
+    def run(rounds: int) -> None:
+        threads = [threading.Thread(target=work, args=(i, rounds)) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run(20)  # warm up: workers, caches, and malloc's per-thread arenas
+    before, rss = resources(), _rss()
+    run(PER_THREAD)
+    assert errors == []
+    assert resources() == before
+    assert _rss() - rss < RSS_SLACK, (_rss() - rss) >> 20
+
+
+def test_sequential_loads_stay_flat(mixed: list[tuple[str, Callable[[], Any]]]) -> None:
+    for _, load in mixed:
+        load()
+    before, rss = resources(), _rss()
+    for i in range(SEQUENTIAL):
+        expected, load = mixed[i % len(mixed)]
+        assert load() == expected
+    assert resources() == before
+    assert _rss() - rss < RSS_SLACK, (_rss() - rss) >> 20
