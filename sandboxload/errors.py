@@ -143,11 +143,11 @@ class SandboxUnavailableError(_FileError, OSError):
 class SandboxCrashedError(_FileError, RuntimeError):
     """The sandbox child died, or answered something that is not a valid description."""
 
-    def __init__(self, file: str, detail: str) -> None:
+    def __init__(self, file: str, detail: str, how_to: str | None = None) -> None:
         super().__init__(
             file,
-            f"the sandbox parsing {file!r} failed: {detail}. The file is probably "
-            "malformed or hostile; nothing from it was loaded.",
+            f"the sandbox parsing {file!r} failed: {detail}. "
+            + (how_to or "The file is probably malformed or hostile; nothing from it was loaded."),
         )
 
 

@@ -194,19 +194,21 @@ def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
     the caller asked for a mapping (``mmap=True``, as torch maps) or for no data at all
     (``map_location="meta"``), when the file itself is used."""
     from .sandbox import memfds
+    from .sandbox.client import setup_errors
     from .sandbox.load import load
 
     src, reader = a.src, a.route.reader
     assert reader is not None
-    if src.fd is None:
-        fd = memfds.from_bytes(src.file.read())
-    elif mmap or _is_meta(map_location):
+    if src.fd is not None and (mmap or _is_meta(map_location)):
         return load(src.fd, src.size, reader, src.name, a.pol, map_location)
-    else:
-        fd = memfds.snapshot(src.fd, src.size, src.name)
-        if identity(src.fd) != a.file_id:  # written to since it was sniffed and pinned
-            os.close(fd)
-            raise CorruptCheckpointError(src.name, "the file changed while it was being loaded")
+    with setup_errors(src.name):
+        if src.fd is None:
+            fd = memfds.from_bytes(src.file.read())
+        else:
+            fd = memfds.snapshot(src.fd, src.size, src.name)
+    if src.fd is not None and identity(src.fd) != a.file_id:  # written since the pin
+        os.close(fd)
+        raise CorruptCheckpointError(src.name, "the file changed while it was being loaded")
     try:
         return load(fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
     finally:

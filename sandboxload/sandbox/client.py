@@ -17,6 +17,7 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from ..errors import (
     CorruptCheckpointError,
     SandboxCrashedError,
+    SandboxLoadError,
     SandboxMemoryError,
     SandboxTimeoutError,
     SandboxUnavailableError,
@@ -78,10 +80,32 @@ def memfd_capacity(size: int) -> int:
     return 2 * size + MIB
 
 
+@contextlib.contextmanager
+def setup_errors(name: str) -> Iterator[None]:
+    """The system refusing a descriptor, a process or memory to a load is a typed error
+    (``SandboxCrashedError``), not a bare ``OSError`` from deep inside."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, SandboxLoadError):
+            raise
+        raise SandboxCrashedError(
+            name,
+            f"the sandbox could not be set up ({exc.strerror or exc})",
+            "The process may be out of descriptors, processes or memory; nothing was "
+            "loaded, and a later load may succeed.",
+        ) from exc
+
+
 def run(
     fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | None = None
 ) -> Parsed:
     """Parse the checkpoint open on ``fd`` in a confined child; raise a typed error if it fails."""
+    with setup_errors(name):
+        return _run(fd, size, fmt, name, limits, probe)
+
+
+def _run(fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | None) -> Parsed:
     program = filter_program(name) if limits.seccomp else b""
     capacity = memfd_capacity(size)
     memfd = memfds.output(capacity)
@@ -210,11 +234,16 @@ def _answer(
         raise SandboxViolationError(
             name, "the child attempted a system call outside the seccomp allowlist and was killed"
         )
-    if status in (-signal.SIGXCPU, -signal.SIGKILL) and limits.cpu_seconds:
+    if status == -signal.SIGXCPU:
         raise SandboxCrashedError(
             name,
-            f"the child was killed by signal {-status} (CPU limit "
-            f"{limits.cpu_seconds}s, SANDBOXLOAD_CPU_SECONDS)",
+            f"the child hit its CPU limit of {limits.cpu_seconds}s (SANDBOXLOAD_CPU_SECONDS)",
+        )
+    if status < 0:
+        raise SandboxCrashedError(
+            name,
+            f"the child was killed by signal {-status} (from outside, or its CPU hard limit "
+            f"of {limits.cpu_seconds + 1}s)",
         )
     if status != 0:
         if "MemoryError" in tail:
@@ -229,21 +258,26 @@ def _answer(
     error = answer.get("error")
     if error is None:
         return answer
+    raise _reported(error, name, fmt, limits)
+
+
+def _reported(error: Any, name: str, fmt: str, limits: Limits) -> Exception:
+    """The typed error for a failure the child reported (one of the contract's kinds)."""
     if not isinstance(error, dict):
-        raise SandboxCrashedError(name, "malformed error report from the child")
+        return SandboxCrashedError(name, "malformed error report from the child")
     kind, message = str(error.get("kind")), str(error.get("message"))[:2000]
     if kind == p.ERR_UNSAFE_GLOBAL:
-        raise UnsafeGlobalError(
+        return UnsafeGlobalError(
             name, str(error.get("module"))[:200], str(error.get("name"))[:200], fmt
         )
     if kind == p.ERR_UNSUPPORTED:
-        raise UnsupportedFormatError(
+        return UnsupportedFormatError(
             name, "torch checkpoint", f"It uses {message}, which sandboxload does not rebuild."
         )
     if kind == p.ERR_MEMORY:
-        raise SandboxMemoryError(name, limits.memory_bytes)
+        return SandboxMemoryError(name, limits.memory_bytes)
     if kind == p.ERR_SECCOMP:
-        raise SandboxUnavailableError(
+        return SandboxUnavailableError(
             name, f"the seccomp filter could not be installed in the child ({message})"
         )
-    raise CorruptCheckpointError(name, message)
+    return CorruptCheckpointError(name, message)

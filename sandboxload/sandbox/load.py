@@ -19,6 +19,8 @@ from . import client
 from .rebuild import rebuild
 
 MIB = 1 << 20
+# torch's messages when the system, not the file, is why a mapping failed.
+_EXHAUSTED = ("Too many open files", "Cannot allocate memory")
 # Descriptions kept per (file identity, reader, extra globals): only those whose storages all
 # lie in the file itself, so rebuilding needs no memfd.
 _kept: LRU[dict[str, Any]] = LRU(32)
@@ -36,7 +38,7 @@ def limits(pol: Policy, size: int) -> client.Limits:
     )
 
 
-def _mapping(fd: int, nbytes: int) -> Callable[[], Any]:
+def _mapping(fd: int, nbytes: int, name: str) -> Callable[[], Any]:
     """A private (copy-on-write) mapping of ``fd``, made on first use and then shared."""
     cache: list[Any] = []
 
@@ -44,7 +46,14 @@ def _mapping(fd: int, nbytes: int) -> Callable[[], Any]:
         if not cache:
             # /proc/self/fd reopens the very inode that was sniffed and parsed; torch maps it
             # and closes its own descriptor, so nothing stays open but the mapping.
-            cache.append(torch.UntypedStorage.from_file(f"/proc/self/fd/{fd}", False, nbytes))
+            try:
+                storage = torch.UntypedStorage.from_file(f"/proc/self/fd/{fd}", False, nbytes)
+            except RuntimeError as exc:  # torch's wrapping of open() or mmap() failing
+                if not any(word in str(exc) for word in _EXHAUSTED):
+                    raise
+                with client.setup_errors(name):
+                    raise OSError(str(exc)) from exc
+            cache.append(storage)
         return cache[0]
 
     return get
@@ -119,8 +128,8 @@ def _build(
         description,
         name,
         map_location=map_location,
-        file_storage=_mapping(fd, size),
-        memfd_storage=_mapping(memfd, memfd_size) if memfd is not None else no_memfd,
+        file_storage=_mapping(fd, size, name),
+        memfd_storage=_mapping(memfd, memfd_size, name) if memfd is not None else no_memfd,
         file_size=size,
         memfd_size=memfd_size,
         extra_globals=pol.allow_globals,
