@@ -119,8 +119,13 @@ def _touch_every_tensor(obj: Any) -> None:
         if id(x) in seen:
             continue
         seen.add(id(x))
-        if isinstance(x, torch.Tensor) and x.device.type == "cpu":
-            x.detach().clone()
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.numel():
+            # The bytes it spans in its storage (a zero-stride view may be huge, its span not).
+            span = x.storage_offset() + sum((n - 1) * s for n, s in zip(x.shape, x.stride()))
+            storage = x.untyped_storage()
+            start, end = x.storage_offset() * x.element_size(), (span + 1) * x.element_size()
+            assert 0 <= start <= end <= storage.nbytes()
+            bytes(storage[start:end])
         elif isinstance(x, dict):
             stack += [*x.keys(), *x.values()]
         elif isinstance(x, list | tuple | set | frozenset):
