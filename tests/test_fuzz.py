@@ -121,7 +121,9 @@ def _touch_every_tensor(obj: Any) -> None:
         seen.add(id(x))
         if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.numel():
             # The bytes it spans in its storage (a zero-stride view may be huge, its span not).
-            span = x.storage_offset() + sum((n - 1) * s for n, s in zip(x.shape, x.stride()))
+            span = x.storage_offset() + sum(
+                (n - 1) * s for n, s in zip(x.shape, x.stride(), strict=True)
+            )
             storage = x.untyped_storage()
             start, end = x.storage_offset() * x.element_size(), (span + 1) * x.element_size()
             assert 0 <= start <= end <= storage.nbytes()
