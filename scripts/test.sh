@@ -9,4 +9,7 @@ bash scripts/setup.sh
 echo "== latest stack: $(.venv/bin/python -c 'import transformers as t, sentence_transformers as s; print("transformers", t.__version__, "sentence-transformers", s.__version__)')"
 .venv/bin/python -m pytest "$@"
 echo "== infinity stack: $(.venv-infinity/bin/python -c 'import transformers as t, sentence_transformers as s; print("transformers", t.__version__, "sentence-transformers", s.__version__)')"
-exec .venv-infinity/bin/python -m pytest -p no:cacheprovider tests/test_hf.py tests/test_remote_code.py tests/test_special_files.py tests/test_infinity.py "$@"
+# The security tests that touch the Hugging Face stack or the process as a whole run again here.
+exec .venv-infinity/bin/python -m pytest -p no:cacheprovider tests/test_hf.py tests/test_remote_code.py \
+  tests/test_special_files.py tests/test_description.py tests/test_changing_files.py \
+  tests/test_faults.py tests/test_load.py tests/test_infinity.py "$@"
