@@ -242,6 +242,15 @@ def test_unaligned_zip_records_load_aligned(tmp_path: Path) -> None:
         assert out[key].data_ptr() % 64 == 0
 
 
+def _multiarray() -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1.x
+        return importlib.import_module("numpy.core.multiarray")
+
+
 def test_numpy_dtype_flags_from_the_file_are_refused(tmp_path: Path) -> None:
     class Dtype:
         def __reduce__(self) -> Any:
@@ -250,7 +259,7 @@ def test_numpy_dtype_flags_from_the_file_are_refused(tmp_path: Path) -> None:
 
     class Scalar:
         def __reduce__(self) -> Any:
-            return (np._core.multiarray.scalar, (Dtype(), b"\0" * 8))
+            return (_multiarray().scalar, (Dtype(), b"\0" * 8))
 
     path = tmp_path / "flags.pt"
     path.write_bytes(torch_zip(pickle.dumps({"x": Scalar()}, protocol=2)))
