@@ -3,7 +3,6 @@ and call nothing a file names, so running them here is safe); only the child's o
 (Malformed, Refused, Unsupported) or the errors worker.py turns into "malformed" may escape."""
 
 import io
-import sys
 
 import atheris
 
@@ -74,18 +73,7 @@ def test_one(data: bytes) -> None:
         os.close(fd)
 
 
-def main() -> None:
-    """Seed a corpus from real files (libFuzzer takes corpus folders as arguments), then fuzz."""
-    import os
-    import tempfile
-
-    corpus = tempfile.mkdtemp(prefix="sandboxload-fuzz-")
-    for i, seed in enumerate(seeds()):
-        with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
-            f.write(seed)
-    atheris.Setup([*sys.argv, corpus], test_one)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _run import fuzz
+
+    fuzz(test_one, seeds())

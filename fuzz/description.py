@@ -3,7 +3,6 @@
 its storage)."""
 
 import json
-import sys
 
 import atheris
 
@@ -63,18 +62,7 @@ def test_one(data: bytes) -> None:
             assert (span + 1) * t.element_size() <= t.untyped_storage().nbytes()
 
 
-def main() -> None:
-    """Seed a corpus from real files (libFuzzer takes corpus folders as arguments), then fuzz."""
-    import os
-    import tempfile
-
-    corpus = tempfile.mkdtemp(prefix="sandboxload-fuzz-")
-    for i, seed in enumerate([json.dumps(SEED).encode()]):
-        with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
-            f.write(seed)
-    atheris.Setup([*sys.argv, corpus], test_one)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _run import fuzz
+
+    fuzz(test_one, [json.dumps(SEED).encode()])

@@ -1,7 +1,6 @@
 """atheris target: the safetensors header check (only InvalidSafetensorsError may escape)."""
 
 import contextlib
-import sys
 
 import atheris
 
@@ -25,18 +24,7 @@ def test_one(data: bytes) -> None:
         parse_header(data, len(data), "<fuzz>")
 
 
-def main() -> None:
-    """Seed a corpus from real files (libFuzzer takes corpus folders as arguments), then fuzz."""
-    import os
-    import tempfile
-
-    corpus = tempfile.mkdtemp(prefix="sandboxload-fuzz-")
-    for i, seed in enumerate(seeds()):
-        with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
-            f.write(seed)
-    atheris.Setup([*sys.argv, corpus], test_one)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from _run import fuzz
+
+    fuzz(test_one, seeds())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Payload
+from .helpers import Payload, resources
 
 
 @pytest.fixture
@@ -78,3 +78,11 @@ def audit_log(sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     log = tmp_path / "audit.jsonl"
     monkeypatch.setenv("SANDBOXLOAD_AUDIT_LOG", str(log))
     return log
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """The test leaves no child process, descriptor or memfd behind (the ready spare aside)."""
+    before = resources()
+    yield
+    assert resources() == before

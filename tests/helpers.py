@@ -103,6 +103,13 @@ def resources() -> tuple[int, int, int]:
     return len(children), len(fds), memfds
 
 
+def small(tmp_path: Path) -> Path:
+    """A small checkpoint written by torch.save: {"w": arange(6.0)}."""
+    path = tmp_path / "small.pt"
+    torch.save({"w": torch.arange(6.0)}, path)
+    return path
+
+
 # --- model folders --------------------------------------------------------------------------
 
 SENTENCES = ["sandboxload keeps weights inert", "A second, longer sentence to embed here."]

@@ -24,25 +24,12 @@ from sandboxload.errors import (
 from sandboxload.sandbox import spare
 
 from .attacks import torch_zip
-from .helpers import clean_env, resources, run_py
+from .helpers import clean_env, run_py, small
 
 
 @pytest.fixture(autouse=True)
 def _sandboxed(sandboxed: None) -> None:
     """Every test here runs with the defaults, activated in this process."""
-
-
-@pytest.fixture
-def no_leaks() -> None:
-    before = resources()
-    yield
-    assert resources() == before
-
-
-def small(tmp_path: Path) -> Path:
-    path = tmp_path / "small.pt"
-    torch.save({"w": torch.arange(6.0)}, path)
-    return path
 
 
 def loads(path: Path) -> bool:
