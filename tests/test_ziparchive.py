@@ -58,3 +58,15 @@ def test_rejects_broken_archives() -> None:
     ]:
         with pytest.raises(Malformed, match=needle):
             archive(data).read("a/data.pkl", 100)
+
+
+CRASHERS = Path(__file__).parent / "crashers"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CRASHERS.glob("zip-*")))
+def test_fuzz_crashers_are_malformed(name: str) -> None:
+    """Inputs the coverage-guided fuzzer (fuzz/child_zip.py) found escaping as something
+    other than the reader's own error."""
+    data = (CRASHERS / name).read_bytes()
+    with pytest.raises(Malformed):
+        archive(data).read("archive/data.pkl", 1 << 20)

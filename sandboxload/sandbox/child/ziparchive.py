@@ -129,7 +129,10 @@ class ZipArchive:
             data = raw
         elif e.method == DEFLATED:
             d = zlib.decompressobj(-15)
-            data = d.decompress(raw, cap + 1)
+            try:
+                data = d.decompress(raw, cap + 1)
+            except zlib.error as exc:
+                raise Malformed(f"record {name} is not valid deflate data ({exc})") from None
             if len(data) > cap or d.unconsumed_tail:
                 raise Malformed(f"record {name} expands past the cap of {cap} bytes")
         else:
