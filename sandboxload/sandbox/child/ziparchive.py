@@ -31,6 +31,8 @@ class Entry:
 
 
 def _pread(pread, n: int, offset: int) -> bytes:
+    if n < 0 or offset < 0:  # a record or locator that points before the file's start
+        raise Malformed("zip structure points outside the file")
     data = pread(n, offset)
     if len(data) != n:
         raise Malformed("zip structure runs past the end of the file")
