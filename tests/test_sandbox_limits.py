@@ -209,6 +209,16 @@ def test_huge_claimed_allocation(tmp_path: Path, no_leaks: None) -> None:
         torch.load(path)
 
 
+def test_memo_index_bomb(tmp_path: Path, no_leaks: None) -> None:
+    """A 10-byte pickle that PUTs to memo index 2**31-1: CPython's unpickler would allocate
+    tens of GB for the memo table; the child's address-space limit stops it (found by
+    fuzz/child_pickle.py)."""
+    path = tmp_path / "memo.pt"
+    path.write_bytes(torch_zip(b"\x80\x02N" + b"r" + struct.pack("<I", 0x7FFFFFFF) + b"."))
+    with pytest.raises(SandboxMemoryError):
+        torch.load(path)
+
+
 def test_memory_limit_is_a_typed_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leaks: None
 ) -> None:
