@@ -134,7 +134,9 @@ def test_threads_and_mixed_loads(mixed: list[tuple[str, Callable[[], Any]]]) -> 
     run(PER_THREAD // 2)
     assert errors == []
     assert resources() == before
-    assert _rss() - rss < RSS_SLACK, (_rss() - rss) >> 20
+    grown = _rss() - rss
+    print(f"\n{THREADS} threads x {PER_THREAD} loads: second half RSS {grown / 2**20:+.1f} MiB")
+    assert grown < RSS_SLACK, grown >> 20
 
 
 def test_sequential_loads_stay_flat(mixed: list[tuple[str, Callable[[], Any]]]) -> None:
@@ -145,4 +147,6 @@ def test_sequential_loads_stay_flat(mixed: list[tuple[str, Callable[[], Any]]]) 
         expected, load = mixed[i % len(mixed)]
         assert load() == expected
     assert resources() == before
-    assert _rss() - rss < RSS_SLACK, (_rss() - rss) >> 20
+    grown = _rss() - rss
+    print(f"\n{SEQUENTIAL} sequential loads: RSS {grown / 2**20:+.1f} MiB")
+    assert grown < RSS_SLACK, grown >> 20
