@@ -46,14 +46,21 @@ from sandboxload.sandbox.rebuild import rebuild  # noqa: E402
 from . import corpus  # noqa: E402
 
 LONG = os.environ.get("SANDBOXLOAD_FUZZ") == "long"
+# CI is deterministic (a fixed sequence of examples: no flaky runs); the long run explores.
 settings.register_profile(
-    "ci", max_examples=150, deadline=None, suppress_health_check=list(HealthCheck)
+    "ci",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
 )
 settings.register_profile(
     "long",
     max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "100000")),
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    database=None,
 )
 PROFILE = "long" if LONG else "ci"
 
