@@ -110,6 +110,25 @@ def small(tmp_path: Path) -> Path:
     return path
 
 
+def rebuild_over(description: Any, file: bytes, memfd: bytes = b"", name: str = "<test>") -> Any:
+    """The parent's rebuild of ``description`` over in-memory "checkpoint" and memfd bytes."""
+    from sandboxload.sandbox.rebuild import rebuild
+
+    def storage(data: bytes) -> Any:
+        return torch.frombuffer(bytearray(data or b"\0"), dtype=torch.uint8).untyped_storage()
+
+    return rebuild(
+        description,
+        name,
+        map_location=None,
+        file_storage=lambda: storage(file),
+        memfd_storage=lambda: storage(memfd),
+        file_size=len(file),
+        memfd_size=len(memfd),
+        extra_globals=(),
+    )
+
+
 # --- model folders --------------------------------------------------------------------------
 
 SENTENCES = ["sandboxload keeps weights inert", "A second, longer sentence to embed here."]

@@ -18,27 +18,15 @@ import pytest
 import torch
 
 from sandboxload.errors import CorruptCheckpointError
-from sandboxload.sandbox.rebuild import rebuild
 
 from .attacks import G, X, torch_zip
+from .helpers import rebuild_over
 
 FILE = bytes(range(256)) * 2  # a 512-byte "checkpoint" the storages point into
 
 
 def build(description: dict[str, Any], file: bytes = FILE, memfd: bytes = b"") -> Any:
-    def storage(data: bytes) -> Any:
-        return torch.frombuffer(bytearray(data or b"\0"), dtype=torch.uint8).untyped_storage()
-
-    return rebuild(
-        description,
-        "/m/hostile.pt",
-        map_location=None,
-        file_storage=lambda: storage(file),
-        memfd_storage=lambda: storage(memfd),
-        file_size=len(file),
-        memfd_size=len(memfd),
-        extra_globals=(),
-    )
+    return rebuild_over(description, file, memfd, "/m/hostile.pt")
 
 
 def desc(nodes: list[Any], storages: list[Any] | None = None, root: int | None = None) -> dict:

@@ -41,9 +41,9 @@ from sandboxload.errors import (  # noqa: E402
 from sandboxload.safetensors_header import parse_header  # noqa: E402
 from sandboxload.sandbox import client, memfds  # noqa: E402
 from sandboxload.sandbox.load import limits  # noqa: E402
-from sandboxload.sandbox.rebuild import rebuild  # noqa: E402
 
 from . import corpus  # noqa: E402
+from .helpers import rebuild_over  # noqa: E402
 
 LONG = os.environ.get("SANDBOXLOAD_FUZZ") == "long"
 # CI is deterministic (a fixed sequence of examples: no flaky runs); the long run explores.
@@ -114,10 +114,6 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-def _storage(data: bytes) -> Any:
-    return torch.frombuffer(bytearray(data or b"\0"), dtype=torch.uint8).untyped_storage()
-
-
 def _touch_every_tensor(obj: Any) -> None:
     """Read every byte every tensor covers (an out-of-bounds view would crash here)."""
     stack, seen = [obj], set()
@@ -160,16 +156,7 @@ def test_mutated_descriptions(name: str, picks: list[tuple[int, Any]]) -> None:
         target[path[-1]] = value
     json.dumps(description)  # still what a child could send
     try:
-        out = rebuild(
-            description,
-            name,
-            map_location=None,
-            file_storage=lambda: _storage(data),
-            memfd_storage=lambda: _storage(memfd),
-            file_size=len(data),
-            memfd_size=len(memfd),
-            extra_globals=(),
-        )
+        out = rebuild_over(description, data, memfd, name)
     except (CorruptCheckpointError, UnsafeGlobalError):
         return
     _touch_every_tensor(out)
