@@ -35,6 +35,8 @@ class Source:
     file: IO[bytes]
     fd: int | None  # set when sandboxload opened the path itself
     size: int
+    # A file object's bytes, read once: what is sniffed, hashed and loaded is one snapshot.
+    data: bytes | None = None
 
 
 @dataclass
@@ -86,7 +88,8 @@ def _describe(f: Any) -> str:
 
 @contextmanager
 def open_source(f: Any, name: str | None = None) -> Iterator[Source]:
-    """Open a path, or adopt a file object (made seekable), for sniffing and loading."""
+    """Open a path, or read a file object once (from its position), for sniffing and
+    loading."""
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(f))
         with os.fdopen(open_regular(path), "rb") as fh:
@@ -97,23 +100,8 @@ def open_source(f: Any, name: str | None = None) -> Iterator[Source]:
             f"expected a path (str, bytes, os.PathLike) or a binary file object, "
             f"got {type(f).__name__}"
         )
-    fh: IO[bytes] = f
-    if not (hasattr(f, "seekable") and f.seekable()):
-        fh = io.BytesIO(f.read())
-    pos = fh.tell()
-    size = fh.seek(0, os.SEEK_END) - pos
-    fh.seek(pos)
-    yield Source(name or _describe(f), fh, None, size)
-
-
-def _stream_bytes(src: Source) -> bytes | None:
-    """The rest of an in-memory stream (to hash it), leaving its position unchanged."""
-    if src.fd is not None:
-        return None
-    pos = src.file.tell()
-    data = src.file.read()
-    src.file.seek(pos)
-    return data
+    data = bytes(f.read())
+    yield Source(name or _describe(f), io.BytesIO(data), None, len(data), data)
 
 
 def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = True) -> Admitted:
@@ -127,7 +115,7 @@ def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = 
 def pin(a: Admitted) -> None:
     """Hash pinning, from the descriptor (or bytes) that will be loaded."""
     try:
-        data = _stream_bytes(a.src) if a.pol.manifest else None
+        data = a.src.data if a.pol.manifest else None
         a.log.sha256 = pinning.check(a.src.fd, a.src.name, data, a.pol.manifest)
     except (HashMismatchError, UnpinnedFileError) as exc:
         a.log.write("refused", routes.REFUSED, type(exc).__name__)
@@ -200,10 +188,10 @@ def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
     src, reader = a.src, a.route.reader
     assert reader is not None
     if src.fd is not None and (mmap or _is_meta(map_location)):
-        return load(src.fd, src.size, reader, src.name, a.pol, map_location)
+        return load(src.fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
     with setup_errors(src.name):
-        if src.fd is None:
-            fd = memfds.from_bytes(src.file.read())
+        if src.data is not None:
+            fd = memfds.from_bytes(src.data)
         else:
             fd = memfds.snapshot(src.fd, src.size, src.name)
     if src.fd is not None and identity(src.fd) != a.file_id:  # written since the pin
@@ -230,9 +218,9 @@ def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:
         with safe_open(f"/proc/self/fd/{src.fd}", framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     else:
-        data = src.file.read()
-        parse_header(data, len(data), src.name)
-        tensors = registry.original(registry.SAFETENSORS_LOAD_BYTES)(data)
+        assert src.data is not None
+        parse_header(src.data, len(src.data), src.name)
+        tensors = registry.original(registry.SAFETENSORS_LOAD_BYTES)(src.data)
     return relocate(tensors, map_location)
 
 
@@ -263,11 +251,12 @@ def safetensors_bytes(data: bytes, api: str) -> Any:
     from .safetensors_header import parse_header
 
     with admit(io.BytesIO(data), api, routes.SAFETENSORS_ONLY, name="<bytes>") as a:
+        assert a.src.data is not None  # the one copy that is sniffed, hashed and loaded
         try:
-            parse_header(bytes(data[: 8 + 100 * 1024 * 1024]), len(data), "<bytes>")
+            parse_header(a.src.data, len(a.src.data), "<bytes>")
         except InvalidSafetensorsError as exc:
             a.log.write("refused", a.route.name, exc.detail)
             raise
-        result = registry.original(registry.SAFETENSORS_LOAD_BYTES)(data)
+        result = registry.original(registry.SAFETENSORS_LOAD_BYTES)(a.src.data)
         a.log.write("loaded", a.route.name, a.route.reason)
         return result

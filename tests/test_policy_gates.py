@@ -257,3 +257,29 @@ def test_audit_also_goes_to_the_logger(
     assert {"time", "pid", "file", "format", "sha256", "decision", "reason", "bytes", "ms"} <= set(
         records[-1]
     )
+
+
+def test_a_file_object_is_read_once(
+    audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes of a file object that are hashed are the bytes that are loaded: it is read
+    once (a stream that changes between reads cannot swap pinned bytes for others)."""
+    import io
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(pin(tmp_path, path)))
+    pinned, other = path.read_bytes(), io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, other)
+
+    class Shifting(io.BytesIO):
+        """Gives the pinned bytes on the first read, other bytes on every later one."""
+
+        reads = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            Shifting.reads += 1
+            return pinned if Shifting.reads == 1 else other.getvalue()
+
+    got = torch.load(Shifting())
+    assert torch.equal(got["w"], torch.arange(4.0)) and Shifting.reads == 1
