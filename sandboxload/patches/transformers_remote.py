@@ -27,7 +27,7 @@ import inspect
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import policy
 from ..errors import RemoteCodeRefusedError
@@ -66,9 +66,14 @@ def _code_file(repo: str, module_file: str, options: dict[str, Any]) -> str | No
     return str(found) if found else None
 
 
-def _no_code(repo: str, module_file: str) -> OSError:
-    """What upstream raises when the file is not there (callers treat it as "no custom code")."""
-    return OSError(f"{repo} does not appear to have a file named {module_file}")
+def _refuse_shipped(
+    repo: str, module_file: str, options: dict[str, Any], what: str, missing: str | None = None
+) -> NoReturn:
+    """Refused if the model ships ``module_file``; if it has none, the ``OSError`` upstream
+    raises there, which its callers read as "no custom code here"."""
+    if _code_file(repo, module_file, options) is None:
+        raise OSError(missing or f"{repo} does not appear to have a file named {module_file}")
+    refuse(RemoteCodeRefusedError(repo, what))
 
 
 def _arguments(original: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
@@ -113,11 +118,7 @@ def _class_from_dynamic_module(original: Callable[..., Any]) -> Callable[..., An
         if "--" in reference:
             repo, reference = reference.split("--")
         module, _class_name = reference.split(".")
-        module_file = module + ".py"
-        found = _code_file(repo, module_file, a)
-        if found is None:
-            raise _no_code(repo, module_file)
-        refuse(RemoteCodeRefusedError(repo, f"it ships its own code, class {reference!r}"))
+        _refuse_shipped(repo, module + ".py", a, f"it ships its own code, class {reference!r}")
 
     return get_class_from_dynamic_module
 
@@ -130,9 +131,7 @@ def _cached_module_file(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         a = arguments(*args, **kwargs)
         repo, module_file = str(a.get("pretrained_model_name_or_path")), str(a.get("module_file"))
-        if _code_file(repo, module_file, a) is None:
-            raise _no_code(repo, module_file)
-        refuse(RemoteCodeRefusedError(repo, f"it ships its own code, {module_file}"))
+        _refuse_shipped(repo, module_file, a, f"it ships its own code, {module_file}")
 
     return get_cached_module_file
 
@@ -162,10 +161,12 @@ def _custom_generate(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         a = arguments(*args, **kwargs)
         repo = str(a.get("pretrained_model_name_or_path"))
-        if _code_file(repo, CUSTOM_GENERATE, a.get("kwargs") or {}) is None:
-            raise OSError(f"`{repo}` does not contain a `custom_generate` subdirectory")
-        refuse(
-            RemoteCodeRefusedError(repo, f"it ships its own generate function, {CUSTOM_GENERATE}")
+        _refuse_shipped(
+            repo,
+            CUSTOM_GENERATE,
+            a.get("kwargs") or {},
+            f"it ships its own generate function, {CUSTOM_GENERATE}",
+            missing=f"`{repo}` does not contain a `custom_generate` subdirectory",
         )
 
     return load_custom_generate

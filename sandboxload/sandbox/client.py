@@ -101,6 +101,8 @@ def run(
     fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | None = None
 ) -> Parsed:
     """Parse the checkpoint open on ``fd`` in a confined child; raise a typed error if it fails."""
+    if probe is not None and probe not in p.PROBES:
+        raise ValueError(f"unknown sandbox probe {probe!r}; one of {', '.join(p.PROBES)}")
     with setup_errors(name):
         return _run(fd, size, fmt, name, limits, probe)
 

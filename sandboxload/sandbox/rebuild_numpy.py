@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .protocol import NDARRAY_VIA
 from .validate import check, int_, ints, str_
 
 _NUMPY_CODE = re.compile(r"[<>|=]?[biufc?][0-9]{0,2}")
@@ -73,7 +74,7 @@ def ndarray(
     import numpy as np
 
     via, version, dtype_id, shape, fortran, offset, nbytes = args
-    check(via in ("reconstruct", "frombuffer"), "ndarray")
+    check(via in NDARRAY_VIA, "ndarray")
     dt = _dtype_ref(ref(dtype_id))
     shape = tuple(ints(shape, "shape"))
     check(type(fortran) is bool and type(version) is int, "ndarray")
