@@ -22,6 +22,9 @@ from sandboxload.errors import CorruptCheckpointError
 from .attacks import G, X, torch_zip
 from .helpers import rebuild_over
 
+# Every test here runs with the defaults, activated in this process.
+pytestmark = pytest.mark.usefixtures("sandboxed")
+
 FILE = bytes(range(256)) * 2  # a 512-byte "checkpoint" the storages point into
 
 
@@ -111,11 +114,6 @@ def test_honest_views_share_their_base() -> None:
 
 
 # --- crafted checkpoints, end to end -----------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _sandboxed(sandboxed: None) -> None:
-    """Every test here runs with the defaults, activated in this process."""
 
 
 def _local(name: str, data: bytes, offset: int) -> bytes:

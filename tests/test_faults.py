@@ -26,10 +26,8 @@ from sandboxload.sandbox import spare
 from .attacks import torch_zip
 from .helpers import clean_env, run_py, small
 
-
-@pytest.fixture(autouse=True)
-def _sandboxed(sandboxed: None) -> None:
-    """Every test here runs with the defaults, activated in this process."""
+# Every test here runs with the defaults, activated in this process.
+pytestmark = pytest.mark.usefixtures("sandboxed")
 
 
 def loads(path: Path) -> bool:

@@ -34,10 +34,8 @@ from .helpers import (
     small,
 )
 
-
-@pytest.fixture(autouse=True)
-def _sandboxed(sandboxed: None) -> None:
-    """Every test here runs with the defaults, activated in this process."""
+# Every test here runs with the defaults, activated in this process.
+pytestmark = pytest.mark.usefixtures("sandboxed")
 
 
 # --- confinement ---------------------------------------------------------------------------

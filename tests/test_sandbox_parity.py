@@ -17,6 +17,9 @@ from . import corpus
 from .fingerprint import fingerprint
 from .helpers import PY, clean_env
 
+# Every test here runs with the defaults, activated in this process.
+pytestmark = pytest.mark.usefixtures("sandboxed")
+
 TESTS = Path(__file__).parent
 MAP_LOCATIONS = {
     "none": "None",
@@ -77,11 +80,6 @@ def expected(files: dict[str, Path]) -> dict[str, Any]:
     jobs += [(str(files["views.zip.pt"]), ml) for ml in MAP_LOCATIONS.values()]
     jobs += [(str(files["views.legacy.pt"]), MAP_LOCATIONS["meta"])]
     return trusted(jobs)
-
-
-@pytest.fixture(autouse=True)
-def _sandboxed(sandboxed: None) -> None:
-    """Every test here runs with the defaults, activated in this process."""
 
 
 NAMES = [f"{n}.{form}.pt" for n in corpus.cases() for form in ("zip", "legacy")]
