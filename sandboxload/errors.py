@@ -13,13 +13,14 @@ same situation, so existing ``except`` clauses keep working::
     ├── UnsupportedFormatError (ValueError)       not a format (or feature) this loader reads
     ├── SandboxUnavailableError (OSError)         seccomp cannot be used here: fail closed
     ├── SandboxCrashedError (RuntimeError)        the child died or answered nonsense
-    ├── SandboxTimeoutError (TimeoutError)        the child overran SANDBOXLOAD_TIMEOUT
+    ├── SandboxTimeoutError (TimeoutError)        a load overran SANDBOXLOAD_TIMEOUT
     ├── SandboxViolationError (PermissionError)   the child tried a forbidden system call
     ├── SandboxMemoryError (MemoryError)          the child hit SANDBOXLOAD_MEMORY_MB
     ├── RemoteCodeRefusedError (ImportError)      a model asked to run its own code (*)
     ├── ModelFolderError (ValueError)             a model folder file redirects loading unsafely
     ├── HashMismatchError (PermissionError)       a pinned file's bytes are not the pinned ones
     ├── UnpinnedFileError (PermissionError)       a weight file the manifest does not list
+    │   └── UnknownOriginError                    in-memory weights whose file is unknown
     ├── FormatNotAllowedError (PermissionError)   a format outside SANDBOXLOAD_FORMATS
     ├── NotARegularFileError (OSError)            a FIFO, device, socket or directory
     └── OfflineError (ConnectionError)            a download attempted in offline mode
@@ -152,13 +153,14 @@ class SandboxCrashedError(_FileError, RuntimeError):
 
 
 class SandboxTimeoutError(_FileError, TimeoutError):
-    """The sandbox child overran the wall-clock limit and was killed."""
+    """A sandboxed load (the child's parse and this process's rebuild) overran the
+    wall-clock limit; the child was killed and nothing was returned."""
 
-    def __init__(self, file: str, seconds: float) -> None:
+    def __init__(self, file: str, seconds: float, where: str = "the sandbox parsing") -> None:
         super().__init__(
             file,
-            f"the sandbox parsing {file!r} did not finish within {seconds:g}s and was "
-            "killed; raise SANDBOXLOAD_TIMEOUT if the file is just very large.",
+            f"{where} {file!r} did not finish within {seconds:g}s and was stopped; raise "
+            "SANDBOXLOAD_TIMEOUT if the file is just very large.",
         )
 
 
@@ -233,6 +235,22 @@ class UnpinnedFileError(_FileError, PermissionError):
             file,
             f"sandboxload refused {file!r}: it is not listed in the manifest {manifest} "
             "(SANDBOXLOAD_MANIFEST). Add it with 'sandboxload pin' once you have vetted it.",
+        )
+
+
+class UnknownOriginError(UnpinnedFileError):
+    """In-memory weights (bytes, a stream) that no file can be named for, under a manifest:
+    a pin is a statement about one path, so bytes of unknown origin cannot be checked."""
+
+    def __init__(self, file: str, manifest: str) -> None:
+        self.manifest = manifest
+        _FileError.__init__(
+            self,
+            file,
+            f"sandboxload refused {file}: weights handed over in memory, with no file they "
+            f"can be traced to, cannot be checked against the manifest {manifest} "
+            "(SANDBOXLOAD_MANIFEST), whose pins name paths. Load the file by its path "
+            "(torch.load(path), safetensors.torch.load_file(path)) or from an open file.",
         )
 
 

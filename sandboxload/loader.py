@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from . import audit, formats, pinning, policy, routes
+from . import audit, formats, origins, pinning, policy, routes
 from .errors import (
     CorruptCheckpointError,
     HashMismatchError,
@@ -26,17 +27,24 @@ from .errors import (
 from .fileid import FileId, identity, open_regular
 from .patches import registry
 
+UNKNOWN = "<bytes>"  # the name of in-memory weights no file can be named for
+# The one bytes object admitted by the gate in force on this thread: safetensors' own
+# torch.load(bytes) calls deserialize, which must not gate (and audit) the same bytes again.
+_admitted: ContextVar[object] = ContextVar("sandboxload_admitted", default=None)
+
 
 @dataclass
 class Source:
     """An opened weight file: ``file`` is seekable and positioned where the data starts."""
 
-    name: str
+    name: str  # what the audit line and errors call it: the path, or "<bytes>" if unknown
     file: IO[bytes]
     fd: int | None  # set when sandboxload opened the path itself
     size: int
     # A file object's bytes, read once: what is sniffed, hashed and loaded is one snapshot.
     data: bytes | None = None
+    # The file whose pin applies (None: bytes that cannot be traced to a file).
+    origin: str | None = None
 
 
 @dataclass
@@ -81,27 +89,27 @@ class Admitted:
     file_id: FileId | None = None  # the file's identity when it was sniffed and pinned
 
 
-def _describe(f: Any) -> str:
-    name = getattr(f, "name", None)
-    return name if isinstance(name, str) else f"<{type(f).__name__}>"
-
-
 @contextmanager
-def open_source(f: Any, name: str | None = None) -> Iterator[Source]:
+def open_source(f: Any) -> Iterator[Source]:
     """Open a path, or read a file object once (from its position), for sniffing and
     loading."""
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(f))
         with os.fdopen(open_regular(path), "rb") as fh:
-            yield Source(path, fh, fh.fileno(), os.fstat(fh.fileno()).st_size)
+            yield Source(path, fh, fh.fileno(), os.fstat(fh.fileno()).st_size, origin=path)
         return
     if not hasattr(f, "read"):
         raise TypeError(
             f"expected a path (str, bytes, os.PathLike) or a binary file object, "
             f"got {type(f).__name__}"
         )
-    data = bytes(f.read())
-    yield Source(name or _describe(f), io.BytesIO(data), None, len(data), data)
+    origin = origins.of_file(f)  # before reading: a pipe's end may not outlive the read
+    yield memory_source(bytes(f.read()), origin)
+
+
+def memory_source(data: bytes, origin: str | None) -> Source:
+    """In-memory bytes (read from ``origin``, when that is known) as a source."""
+    return Source(origin or UNKNOWN, io.BytesIO(data), None, len(data), data, origin)
 
 
 def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = True) -> Admitted:
@@ -115,20 +123,19 @@ def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = 
 def pin(a: Admitted) -> None:
     """Hash pinning, from the descriptor (or bytes) that will be loaded."""
     try:
-        data = a.src.data if a.pol.manifest else None
-        a.log.sha256 = pinning.check(a.src.fd, a.src.name, data, a.pol.manifest)
+        src = a.src
+        a.log.sha256 = pinning.check(src.origin, src.fd, src.data, a.pol.manifest)
     except (HashMismatchError, UnpinnedFileError) as exc:
         a.log.write("refused", routes.REFUSED, type(exc).__name__)
         raise
 
 
 @contextmanager
-def admit(
-    f: Any, api: str, asked: str = routes.ANY_WEIGHTS, name: str | None = None
-) -> Iterator[Admitted]:
-    """The prologue of every load: open, sniff, route (refusals end here), pin."""
+def admit(f: Any, api: str, asked: str = routes.ANY_WEIGHTS) -> Iterator[Admitted]:
+    """The prologue of every load: open, sniff, route (refusals end here), pin. ``f`` is a
+    path, a file object, or a :class:`Source` already made."""
     pol = policy.current()
-    with open_source(f, name) as src:
+    with nullcontext(f) if isinstance(f, Source) else open_source(f) as src:
         a = decide(src, pol, api, asked)
         if a.route.refused:
             a.log.write("refused", a.route.name, a.route.reason)
@@ -220,7 +227,11 @@ def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:
     else:
         assert src.data is not None
         parse_header(src.data, len(src.data), src.name)
-        tensors = registry.original(registry.SAFETENSORS_LOAD_BYTES)(src.data)
+        token = _admitted.set(src.data)  # admitted here: its inner deserialize passes
+        try:
+            tensors = registry.original(registry.SAFETENSORS_LOAD_BYTES)(src.data)
+        finally:
+            _admitted.reset(token)
     return relocate(tensors, map_location)
 
 
@@ -228,12 +239,26 @@ def safetensors_open(
     filename: Any, framework: str, args: tuple[Any, ...], kwargs: dict[str, Any], api: str
 ) -> Any:
     """``safe_open``: only a file whose bytes are a valid safetensors file is opened."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        original = registry.original(registry.SAFE_OPEN)
+        return original(filename, framework, *args, **kwargs)  # let safetensors reject it
+    path = os.fsdecode(os.fspath(filename))
+    return _open_gated(path, path, framework, args, kwargs, api)
+
+
+def _open_gated(
+    path: str,
+    origin: str,
+    framework: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    api: str,
+) -> Any:
     from .safetensors_header import read_header
 
-    original = registry.original(registry.SAFE_OPEN)
-    if not isinstance(filename, (str, bytes, os.PathLike)):
-        return original(filename, framework, *args, **kwargs)  # let safetensors reject it
-    with admit(filename, api, routes.SAFETENSORS_ONLY) as a:
+    fh = os.fdopen(open_regular(path), "rb")
+    src = Source(origin, fh, fh.fileno(), os.fstat(fh.fileno()).st_size, origin=origin)
+    with fh, admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.fd is not None
         try:
             read_header(a.src.fd, a.src.name)
@@ -241,22 +266,51 @@ def safetensors_open(
             a.log.write("refused", a.route.name, exc.detail)
             raise
         # Same inode, reopened by safetensors, which maps it privately: zero copy.
+        original = registry.original(registry.SAFE_OPEN)
         result = original(f"/proc/self/fd/{a.src.fd}", framework, *args, **kwargs)
         a.log.write("loaded", a.route.name, a.route.reason)
         return result
 
 
-def safetensors_bytes(data: bytes, api: str) -> Any:
-    """``safetensors.torch.load(bytes)``: the header is validated first."""
+def safetensors_bytes(data: Any, api: str, parse: Callable[[Any], Any]) -> Any:
+    """``safetensors.torch.load(bytes)`` and ``deserialize(bytes)``: pinned against the file
+    the bytes were read from (when a tracked library read them), header validated first."""
     from .safetensors_header import parse_header
 
-    with admit(io.BytesIO(data), api, routes.SAFETENSORS_ONLY, name="<bytes>") as a:
+    if data is _admitted.get():  # the inner deserialize of a load already admitted
+        return parse(data)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return parse(data)  # let safetensors reject it with its own TypeError
+    src = memory_source(
+        bytes(data) if not isinstance(data, bytes) else data, origins.of_bytes(data)
+    )
+    with admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.data is not None  # the one copy that is sniffed, hashed and loaded
         try:
-            parse_header(a.src.data, len(a.src.data), "<bytes>")
+            parse_header(a.src.data, len(a.src.data), a.src.name)
         except InvalidSafetensorsError as exc:
             a.log.write("refused", a.route.name, exc.detail)
             raise
-        result = registry.original(registry.SAFETENSORS_LOAD_BYTES)(a.src.data)
+        token = _admitted.set(a.src.data)
+        try:
+            result = parse(a.src.data)
+        finally:
+            _admitted.reset(token)
         a.log.write("loaded", a.route.name, a.route.reason)
         return result
+
+
+def safetensors_handle(
+    handle: Any, framework: str, args: tuple[Any, ...], kwargs: dict[str, Any], api: str
+) -> Any:
+    """``_safe_open_handle(file object)``: safetensors itself reopens the file by the
+    object's ``name``, whatever the descriptor is open on; sandboxload opens the file the
+    descriptor is open on, through the ``safe_open`` gate, and never resolves the name."""
+    origin = origins.of_file(handle)
+    if origin is None:
+        raise TypeError(
+            f"{api} needs a binary file object open on a regular file; got "
+            f"{type(handle).__name__}. Load a path with safe_open or bytes with "
+            "safetensors.torch.load."
+        )
+    return _open_gated(f"/proc/self/fd/{handle.fileno()}", origin, framework, args, kwargs, api)

@@ -6,6 +6,9 @@ loaded (no window to swap the file between check and use), and kept per file ide
 (device, inode, size, mtime, ctime), so a server that reloads an unchanged file does not
 hash it again. A file inside a Hugging Face cache (``.../blobs/<sha256>``) is checked against
 its own blob name, manifest or not.
+
+A pin is a statement about a path: bytes are checked against the entry of the file they were
+read from (see :mod:`origins`), never against "any digest in the manifest".
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import HashMismatchError, PolicyError, UnpinnedFileError
+from .errors import HashMismatchError, PolicyError, UnknownOriginError, UnpinnedFileError
 from .fileid import LRU, identity, open_regular
 
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _BLOB = re.compile(r"[0-9a-f]{64}")
 CHUNK = 8 << 20
+_MAX_HOPS = 40  # as the kernel's own limit on symbolic links followed
 
 _digests: LRU[str] = LRU(256)
 
@@ -86,37 +90,50 @@ def digest_fd(fd: int) -> str:
     return digest
 
 
-def check(fd: int | None, name: str, data: bytes | None, manifest_path: str | None) -> str | None:
-    """Verify one weight file; returns its digest when one was computed.
+def check(
+    path: str | None, fd: int | None, data: bytes | None, manifest_path: str | None
+) -> str | None:
+    """Verify one weight file against the pin of ``path`` (the file it came from); returns
+    its digest when one was computed.
 
-    ``fd`` for files (``name`` is their path), ``data`` for in-memory streams."""
-    blob = _hf_blob_name(name) if fd is not None else None
+    The digest is of what will be loaded: the descriptor ``fd``, or the in-memory ``data``
+    read from ``path``. ``path`` is None for bytes nobody can trace to a file: under a
+    manifest those are refused, since every pin names a path."""
+    blob = hf_blob_digest(path) if path is not None else None
     if manifest_path is None and blob is None:
         return None
     digest = digest_fd(fd) if fd is not None else hashlib.sha256(data or b"").hexdigest()
+    name = path or "<bytes>"
     if blob is not None and digest != blob:
         raise HashMismatchError(name, blob, digest, "its Hugging Face cache blob name")
     if manifest_path is None:
         return digest
+    if path is None:
+        raise UnknownOriginError(name, manifest_path)
     pins = manifest(manifest_path)
-    if fd is None:
-        if digest not in pins.digests:
-            raise UnpinnedFileError(name, manifest_path)
-        return digest
-    listed = pins.by_path.get(os.path.abspath(name)) or pins.by_path.get(os.path.realpath(name))
+    listed = pins.by_path.get(os.path.abspath(path)) or pins.by_path.get(os.path.realpath(path))
     if listed is None:
-        raise UnpinnedFileError(name, manifest_path)
+        raise UnpinnedFileError(path, manifest_path)
     if listed != digest:
-        raise HashMismatchError(name, listed, digest, f"the manifest {manifest_path}")
+        raise HashMismatchError(path, listed, digest, f"the manifest {manifest_path}")
     return digest
 
 
-def _hf_blob_name(name: str) -> str | None:
-    """The expected digest of a file stored in a Hugging Face cache, from its blob name."""
-    real = os.path.realpath(name)
-    parent, base = os.path.split(real)
-    if os.path.basename(parent) == "blobs" and _BLOB.fullmatch(base):
-        return base
+def hf_blob_digest(path: str) -> str | None:
+    """The digest a Hugging Face cache promises for ``path``: the name of the first
+    ``blobs/<sha256>`` entry on the way to the file, as the cache links it -- whatever that
+    entry itself points to (a blob that is a link elsewhere is still checked by its name)."""
+    current = os.path.abspath(path)
+    for _ in range(_MAX_HOPS):
+        parent, base = os.path.split(current)
+        parent = os.path.realpath(parent)  # folders resolved; the last name kept as linked
+        if os.path.basename(parent) == "blobs" and _BLOB.fullmatch(base):
+            return base
+        try:
+            target = os.readlink(os.path.join(parent, base))
+        except OSError:
+            return None  # not a link: the end of the chain
+        current = os.path.normpath(os.path.join(parent, target))
     return None
 
 

@@ -42,6 +42,7 @@ LAYERS = [
         "sandboxload.patches.registry",
         "sandboxload.policy",
         "sandboxload.pinning",
+        "sandboxload.origins",
         "sandboxload.audit",
         "sandboxload.modelfolder",
         "sandboxload.safetensors_header",

@@ -15,8 +15,7 @@ TORCH_LOAD = "torch.serialization.load"
 SAFE_OPEN = "safetensors.safe_open"
 SAFETENSORS_LOAD_BYTES = "safetensors.torch.load"
 
-# Where each original lives while unpatched. safe_open's home is the Rust class itself, which
-# no patch ever replaces.
+# Where each original lives while unpatched (before any patch ran).
 _HOMES = {
     TORCH_LOAD: ("torch.serialization", "load"),
     SAFE_OPEN: ("safetensors._safetensors_rust", "safe_open"),

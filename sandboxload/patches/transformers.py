@@ -2,8 +2,9 @@
 
 Remote code is :mod:`transformers_remote`'s.
 
-Weight files themselves need nothing here: ``load_state_dict`` reaches the patched
-``torch.load`` (pickle -> sandbox) and the patched ``safe_open`` (safetensors, validated).
+Weight files themselves need little here: ``load_state_dict`` reaches the patched
+``torch.load`` (pickle -> sandbox) and the patched ``safe_open`` (safetensors, validated);
+the module's own reads of whole shards are tracked, so their bytes keep their path.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .. import modelfolder
+from .. import modelfolder, origins
 from ..errors import SandboxLoadError
 from ..refusals import scoped
-from ._common import wrap, wrap_method
+from ._common import is_patched, mark, wrap, wrap_method
 
 
 def _shards(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,6 +67,12 @@ def patch_hub(module: ModuleType) -> None:
 
 
 def patch_modeling(module: ModuleType) -> None:
+    # transformers 5 reads safetensors shards itself (``open(f, "rb").read()``) when
+    # ``disable_mmap`` is set -- which a folder can ask for through sentence-transformers'
+    # ``model_kwargs`` -- or on hf-mount paths, and hands the bytes to
+    # ``safetensors.torch.load``: its ``open`` remembers which file the bytes came from.
+    if not is_patched(vars(module).get("open")):
+        module.open = mark(origins.tracked_open)
     wrap(module, "get_checkpoint_shard_files", _shards)
     wrap(module, "_get_resolved_checkpoint_files", _resolved)
     wrap(module, "load_state_dict", _surface)
