@@ -248,7 +248,7 @@ def safetensors_open(
 
 def _open_gated(
     path: str,
-    origin: str,
+    origin: str | None,
     framework: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -257,7 +257,8 @@ def _open_gated(
     from .safetensors_header import read_header
 
     fh = os.fdopen(open_regular(path), "rb")
-    src = Source(origin, fh, fh.fileno(), os.fstat(fh.fileno()).st_size, origin=origin)
+    size = os.fstat(fh.fileno()).st_size
+    src = Source(origin or UNKNOWN, fh, fh.fileno(), size, origin=origin)
     with fh, admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.fd is not None
         try:
@@ -306,11 +307,12 @@ def safetensors_handle(
     """``_safe_open_handle(file object)``: safetensors itself reopens the file by the
     object's ``name``, whatever the descriptor is open on; sandboxload opens the file the
     descriptor is open on, through the ``safe_open`` gate, and never resolves the name."""
-    origin = origins.of_file(handle)
-    if origin is None:
+    fd = origins.regular_fd(handle)
+    if fd is None:
         raise TypeError(
             f"{api} needs a binary file object open on a regular file; got "
-            f"{type(handle).__name__}. Load a path with safe_open or bytes with "
+            f"{type(handle).__name__}. Load a path with safe_open, bytes with "
             "safetensors.torch.load."
         )
-    return _open_gated(f"/proc/self/fd/{handle.fileno()}", origin, framework, args, kwargs, api)
+    origin = origins.of_file(handle)
+    return _open_gated(f"/proc/self/fd/{fd}", origin, framework, args, kwargs, api)

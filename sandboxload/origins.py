@@ -73,9 +73,8 @@ def of_bytes(data: object) -> str | None:
     return str(last[1])
 
 
-def of_file(f: Any) -> str | None:
-    """The path of the regular file a file object is open on, or None (a BytesIO, a pipe,
-    a socket, a deleted or anonymous file)."""
+def regular_fd(f: Any) -> int | None:
+    """The descriptor a file object is open on, if it is a regular file's."""
     try:
         fd = f.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
@@ -83,11 +82,18 @@ def of_file(f: Any) -> str | None:
     if not isinstance(fd, int):
         return None
     try:
-        st = os.fstat(fd)
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode):
+
+
+def of_file(f: Any) -> str | None:
+    """The path of the regular file a file object is open on, or None (a BytesIO, a pipe,
+    a socket, a deleted or anonymous file)."""
+    fd = regular_fd(f)
+    if fd is None:
         return None
+    st = os.fstat(fd)
     name = getattr(f, "name", None)
     if isinstance(name, (str, bytes)):
         try:

@@ -138,6 +138,38 @@ def test_hugging_face_cache_blob_is_checked_by_its_name(audit_log: Path, tmp_pat
         safetensors.torch.load_file(str(snap / "model.safetensors"))
 
 
+@pytest.mark.parametrize("kind", ["safetensors", "pickle"])
+def test_a_cache_blob_that_links_elsewhere_is_checked_by_its_name(
+    audit_log: Path, tmp_path: Path, kind: str
+) -> None:
+    """``blobs/<sha256>`` is the cache's promise, whatever the blob entry points to: a blob
+    that is itself a link to a file outside ``blobs/`` is still checked by its name (it was
+    not: the check followed realpath to the outside file, which has no blob name)."""
+    cache = tmp_path / "hub" / "models--org--m"
+    blob_dir, snap = cache / "blobs", cache / "snapshots" / "abc123"
+    blob_dir.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    honest, outside = tmp_path / "honest", tmp_path / "elsewhere" / "w"
+    outside.parent.mkdir()
+    name = "model.safetensors" if kind == "safetensors" else "pytorch_model.bin"
+    for path, value in ((honest, 1.0), (outside, 2.0)):
+        if kind == "safetensors":
+            safetensors.torch.save_file({"w": torch.full((3,), value)}, str(path))
+        else:
+            torch.save({"w": torch.full((3,), value)}, path)
+    fd = os.open(honest, os.O_RDONLY)
+    digest = pinning.digest_fd(fd)
+    os.close(fd)
+    (blob_dir / digest).symlink_to(outside)  # the blob named for honest bytes holds others
+    (snap / name).symlink_to(Path("..", "..", "blobs", digest))
+    load = safetensors.torch.load_file if kind == "safetensors" else torch.load
+    with pytest.raises(HashMismatchError, match="Hugging Face cache blob"):
+        load(str(snap / name))
+    (blob_dir / digest).unlink()
+    (blob_dir / digest).symlink_to(honest)  # a blob that links to the right bytes is fine
+    assert torch.equal(load(str(snap / name))["w"], torch.ones(3))
+
+
 def test_safetensors_only_allowlist(
     audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors
@@ -12,6 +13,7 @@ import safetensors.torch
 import torch
 
 from sandboxload.errors import InvalidSafetensorsError
+from sandboxload.patches._common import is_patched
 
 from .helpers import audited
 
@@ -129,3 +131,128 @@ def test_pickle_renamed_safetensors_is_refused(audit_log: Path, tmp_path: Path) 
     with pytest.raises(InvalidSafetensorsError, match="torch-zip"):
         safetensors.torch.load_file(str(path))
     assert audited(audit_log)[-1]["decision"] == "refused"
+
+
+# --- every entry point that opens or parses data is gated (issue 10, class 2) -------------
+
+# Parameters through which a safetensors callable receives data to open or parse.
+DATA_PARAMS = {"filename", "f", "data", "bytes", "buffer", "handle", "path", "file", "stream"}
+# Callables with such a parameter that only write (checked to exist, so the list stays true).
+WRITERS = {"save", "save_file", "save_model", "serialize", "serialize_file"}
+
+
+def _safetensors_modules() -> tuple[list[Any], list[str]]:
+    """safetensors, its Rust module and every framework module; those whose framework is
+    not installed are returned by name, for a check of their source."""
+    import importlib
+    import pkgutil
+
+    mods: list[Any] = [safetensors, safetensors._safetensors_rust]
+    missing = []
+    for info in pkgutil.iter_modules(safetensors.__path__):
+        if info.name.startswith("_"):
+            continue
+        try:
+            mods.append(importlib.import_module(f"safetensors.{info.name}"))
+        except ImportError:
+            missing.append(info.name)
+    return mods, missing
+
+
+def _data_callables() -> dict[str, tuple[Any, Any]]:
+    """Every callable safetensors defines (or re-exports) that takes data, by qualified name."""
+    import inspect
+
+    rust = set(map(id, vars(safetensors._safetensors_rust).values()))
+    found = {}
+    for module in _safetensors_modules()[0]:
+        for name, obj in vars(module).items():
+            if name.startswith("__") or not callable(obj) or isinstance(obj, type(json)):
+                continue
+            defined_here = str(getattr(obj, "__module__", "")).startswith("safetensors")
+            if not (defined_here or id(obj) in rust or is_patched(obj)):
+                continue  # imported from elsewhere (os, torch, numpy, typing)
+            try:
+                params = set(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                params = set()
+            if params & DATA_PARAMS and name not in WRITERS:
+                found[f"{module.__name__}.{name}"] = (obj, params)
+    return found
+
+
+def _arguments(params: set[str], module: str, path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "filename": str(path),
+        "f": open(path, "rb"),  # noqa: SIM115 -- closed by the test
+        "data": path.read_bytes(),
+        "bytes": path.read_bytes(),
+        "framework": "np" if module.endswith("numpy") else "pt",
+        "model": torch.nn.Linear(2, 2),
+        "device": "cpu",
+    }
+    unknown = {p for p in params if p not in values} - {
+        "strict",
+        "backend",
+        "args",
+        "kwargs",
+        "metadata",
+    }
+    assert not unknown, f"{module}: no test argument for parameters {unknown}: classify it"
+    return {p: values[p] for p in params if p in values}
+
+
+def test_every_safetensors_entry_point_is_gated(
+    audit_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walk safetensors' namespace: every callable that opens or parses data must refuse a
+    file the policy refuses (here: safetensors is not an allowed format). An entry point that
+    bypasses the gate loads it instead, and this test names it."""
+    from sandboxload.errors import FormatNotAllowedError
+
+    path = tmp_path / "plain.safetensors"  # float32 only: every framework module reads it
+    safetensors.torch.save_file({"w": torch.ones(3)}, str(path))
+    found = _data_callables()
+    for name in ("safe_open", "_safe_open_handle", "deserialize"):
+        assert f"safetensors.{name}" in found  # the walk sees the Rust entry points
+    assert {"safetensors.torch.load", "safetensors.torch.load_file"} <= set(found)
+    assert all(hasattr(safetensors.torch, w) for w in WRITERS - {"serialize", "serialize_file"})
+    monkeypatch.setenv("SANDBOXLOAD_FORMATS", "torch-zip")
+    ungated = []
+    for qualified, (fn, params) in sorted(found.items()):
+        kwargs = _arguments(params, qualified.rpartition(".")[0], path)
+        try:
+            fn(**kwargs)
+            ungated.append(qualified)
+        except FormatNotAllowedError:
+            pass
+        except Exception as exc:  # it went past the gate, into a parser
+            ungated.append(f"{qualified} ({type(exc).__name__})")
+        finally:
+            if "f" in kwargs:
+                kwargs["f"].close()
+    assert not ungated, f"these safetensors entry points load a refused file: {ungated}"
+    assert {r["api"] for r in audited(audit_log)} >= {
+        "safetensors.safe_open",
+        "safetensors._safe_open_handle",
+        "safetensors.deserialize",
+        "safetensors.torch.load",
+    }
+
+
+def test_framework_modules_that_cannot_import_here_use_only_gated_entry_points() -> None:
+    """flax, tensorflow, paddle, mlx are not installed: their source may reach data only
+    through names this walk gates (``safe_open``, ``deserialize``, ``numpy.load``)."""
+    import ast
+
+    gated = {"safe_open", "deserialize", "numpy"}
+    harmless = {"serialize", "serialize_file", "SafetensorError", "TensorSpec"}
+    _, missing = _safetensors_modules()
+    for name in missing:
+        tree = ast.parse((Path(safetensors.__file__).parent / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+                names = {a.name for a in node.names}
+                assert names <= gated | harmless, f"safetensors.{name} imports {names}"
+            if isinstance(node, ast.Name):
+                assert node.id not in {"open", "_safe_open_handle", "_safetensors_rust"}, name

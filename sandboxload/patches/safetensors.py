@@ -41,8 +41,8 @@ def _guarded_handle(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _guarded_deserialize(original: Callable[..., Any]) -> Callable[..., Any]:
-    def deserialize(data: Any) -> Any:
-        return loader.safetensors_bytes(data, "safetensors.deserialize", original)
+    def deserialize(bytes: Any) -> Any:  # safetensors names its parameter so
+        return loader.safetensors_bytes(bytes, "safetensors.deserialize", original)
 
     return deserialize
 
