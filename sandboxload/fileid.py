@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .errors import NotARegularFileError
@@ -58,28 +59,45 @@ def identity(fd: int) -> FileId | None:
 
 
 class LRU(Generic[V]):
-    """A small bounded map (most recently used kept), safe to share between threads: a
-    lookup and an eviction never interleave."""
+    """A bounded map (most recently used kept), safe to share between threads: a lookup and
+    an eviction never interleave. Bounded by entries and, when ``max_bytes`` is given, by
+    the total ``weigh(value)`` of what it holds (a value heavier than that is not kept)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, max_bytes: int | None = None, weigh: Callable[[V], int] | None = None
+    ) -> None:
         self.size = size
-        self.items: OrderedDict[object, V] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.weigh = weigh or (lambda value: 0)
+        self.bytes = 0
+        self.items: OrderedDict[object, tuple[V, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: object) -> V | None:
         with self._lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
+            item = self.items.get(key)
+            if item is None:
+                return None
+            self.items.move_to_end(key)
+            return item[0]
 
     def put(self, key: object, value: V) -> None:
+        weight = self.weigh(value)
+        if self.max_bytes is not None and weight > self.max_bytes:
+            return
         with self._lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+            old = self.items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self.items[key] = (value, weight)
+            self.bytes += weight
+            while len(self.items) > self.size or (
+                self.max_bytes is not None and self.bytes > self.max_bytes
+            ):
+                _, (_, dropped) = self.items.popitem(last=False)
+                self.bytes -= dropped
 
     def clear(self) -> None:
         with self._lock:
             self.items.clear()
+            self.bytes = 0

@@ -104,12 +104,13 @@ def open_source(f: Any) -> Iterator[Source]:
             f"got {type(f).__name__}"
         )
     origin = origins.of_file(f)  # before reading: a pipe's end may not outlive the read
-    yield memory_source(bytes(f.read()), origin)
+    yield memory_source(bytes(f.read()), origin, f"<{type(f).__name__}>")
 
 
-def memory_source(data: bytes, origin: str | None) -> Source:
-    """In-memory bytes (read from ``origin``, when that is known) as a source."""
-    return Source(origin or UNKNOWN, io.BytesIO(data), None, len(data), data, origin)
+def memory_source(data: bytes, origin: str | None, label: str = UNKNOWN) -> Source:
+    """In-memory bytes (read from ``origin``, when that is known) as a source; ``label``
+    names them when their file is unknown."""
+    return Source(origin or label, io.BytesIO(data), None, len(data), data, origin)
 
 
 def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = True) -> Admitted:
@@ -124,7 +125,7 @@ def pin(a: Admitted) -> None:
     """Hash pinning, from the descriptor (or bytes) that will be loaded."""
     try:
         src = a.src
-        a.log.sha256 = pinning.check(src.origin, src.fd, src.data, a.pol.manifest)
+        a.log.sha256 = pinning.check(src.origin, src.fd, src.data, a.pol.manifest, src.name)
     except (HashMismatchError, UnpinnedFileError) as exc:
         a.log.write("refused", routes.REFUSED, type(exc).__name__)
         raise

@@ -91,19 +91,23 @@ def digest_fd(fd: int) -> str:
 
 
 def check(
-    path: str | None, fd: int | None, data: bytes | None, manifest_path: str | None
+    path: str | None,
+    fd: int | None,
+    data: bytes | None,
+    manifest_path: str | None,
+    label: str = "<bytes>",
 ) -> str | None:
     """Verify one weight file against the pin of ``path`` (the file it came from); returns
     its digest when one was computed.
 
     The digest is of what will be loaded: the descriptor ``fd``, or the in-memory ``data``
-    read from ``path``. ``path`` is None for bytes nobody can trace to a file: under a
-    manifest those are refused, since every pin names a path."""
+    read from ``path``. ``path`` is None for bytes nobody can trace to a file (``label``
+    names them): under a manifest those are refused, since every pin names a path."""
     blob = hf_blob_digest(path) if path is not None else None
     if manifest_path is None and blob is None:
         return None
     digest = digest_fd(fd) if fd is not None else hashlib.sha256(data or b"").hexdigest()
-    name = path or "<bytes>"
+    name = path or label
     if blob is not None and digest != blob:
         raise HashMismatchError(name, blob, digest, "its Hugging Face cache blob name")
     if manifest_path is None:

@@ -121,7 +121,8 @@ def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, in
     return dtype, tuple(shape), begin, end
 
 
-_checked: LRU[Header] = LRU(64)
+# Validated headers of unchanged files, bounded by their JSON bytes (a header may be 100 MB).
+_checked: LRU[Header] = LRU(64, max_bytes=8 << 20, weigh=lambda h: h.header_len)
 
 
 def read_header(fd: int, name: str) -> Header:

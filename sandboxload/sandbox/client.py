@@ -38,16 +38,20 @@ from . import protocol as p
 
 STDERR_CAP = 64 * 1024
 MIB = 1 << 20
+ANSWER_PER_BYTE = 24
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout: float
+    timeout: float  # SANDBOXLOAD_TIMEOUT, for messages
     memory_bytes: int
     cpu_seconds: int
     seccomp: bool
     extra_globals: tuple[str, ...] = ()
     spare: bool = True
+    # time.monotonic() by which the whole load must end (the child gets what is left);
+    # None: timeout seconds from when the child starts.
+    deadline: float | None = None
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Parsed:
     description: dict[str, Any]
     memfd: int
     memfd_capacity: int
+    answer_bytes: int  # the size of the JSON it came as
 
 
 @lru_cache(maxsize=1)
@@ -78,6 +83,13 @@ def filter_program(name: str) -> bytes:
 def memfd_capacity(size: int) -> int:
     # Legacy formats copy each storage once, 64-byte aligned: twice the file is ample.
     return 2 * size + MIB
+
+
+def answer_cap(size: int) -> int:
+    """The most JSON the parent reads for a file of ``size`` bytes. Each object of the
+    description costs the pickle at least one opcode byte and the JSON at most ~20 bytes
+    (an empty list: ``["list",[]]`` and a reference to it); strings at most 6x (escapes)."""
+    return ANSWER_PER_BYTE * size + MIB
 
 
 @contextlib.contextmanager
@@ -134,17 +146,16 @@ def _run(fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | N
                 program,
                 child_fd,
                 memfd,
-                limits.timeout,
-                64 * MIB + 2 * size,
+                limits,
+                answer_cap(size),
                 name,
-                limits.spare,
             )
         finally:
             os.close(child_fd)
             if limits.seccomp and limits.spare:
                 spare.enable(program)  # the next load finds a worker already started
         description = _answer(out, err, status, name, fmt, limits)
-        return Parsed(description, memfd, capacity)
+        return Parsed(description, memfd, capacity, len(out))
     except BaseException:
         os.close(memfd)
         raise
@@ -155,12 +166,11 @@ def _spawn(
     program: bytes,
     child_fd: int,
     memfd: int,
-    timeout: float,
+    limits: Limits,
     out_cap: int,
     name: str,
-    use_spare: bool,
 ) -> tuple[bytes, bytes, int]:
-    ready = spare.take() if program and use_spare else None
+    ready = spare.take() if program and limits.spare else None
     if ready is not None and ready.hand_over(argv, (child_fd, memfd)):
         proc, program = ready.proc, b""  # its filter program is already in its stdin
     else:
@@ -168,7 +178,8 @@ def _spawn(
             spare.discard(ready)
         proc = spare.popen(argv, (child_fd, memfd))
     try:
-        return _communicate(proc, program, timeout, out_cap, name)
+        deadline = limits.deadline or time.monotonic() + limits.timeout
+        return _communicate(proc, program, deadline, limits.timeout, out_cap, name)
     finally:
         _kill_group(proc)
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
@@ -184,10 +195,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _communicate(
-    proc: subprocess.Popen[bytes], program: bytes, timeout: float, out_cap: int, name: str
+    proc: subprocess.Popen[bytes],
+    program: bytes,
+    deadline: float,
+    timeout: float,
+    out_cap: int,
+    name: str,
 ) -> tuple[bytes, bytes, int]:
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    deadline = time.monotonic() + timeout
     try:
         if not proc.stdin.closed:
             proc.stdin.write(program)

@@ -7,13 +7,15 @@ checkpoint and of the memfd.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..fileid import LRU, FileId, identity
+from ..fileid import LRU, FileId
 from ..policy import Policy
 from . import client
 from .rebuild import rebuild
@@ -21,12 +23,14 @@ from .rebuild import rebuild
 MIB = 1 << 20
 # torch's messages when the system, not the file, is why a mapping failed.
 _EXHAUSTED = ("Too many open files", "Cannot allocate memory")
-# Descriptions kept per (file identity, reader, extra globals): only those whose storages all
-# lie in the file itself, so rebuilding needs no memfd.
-_kept: LRU[dict[str, Any]] = LRU(32)
+# Descriptions kept per (file identity, reader, extra globals), as their compact JSON:
+# only those whose storages all lie in the file itself (rebuilding needs no memfd), only for
+# files (an identity that can recur), and bounded by bytes.
+KEPT_BYTES = 16 * MIB
+_kept: LRU[bytes] = LRU(64, max_bytes=KEPT_BYTES, weigh=len)
 
 
-def limits(pol: Policy, size: int) -> client.Limits:
+def limits(pol: Policy, size: int, deadline: float | None = None) -> client.Limits:
     memory = pol.memory_mb * MIB if pol.memory_mb else 1024 * MIB + 2 * size
     return client.Limits(
         timeout=pol.timeout,
@@ -35,6 +39,7 @@ def limits(pol: Policy, size: int) -> client.Limits:
         seccomp=pol.seccomp,
         extra_globals=pol.allow_globals,
         spare=pol.spare,
+        deadline=deadline,
     )
 
 
@@ -72,16 +77,19 @@ def load(
     """Parse in the sandbox, then validate and build in this process, from ``fd`` (the file
     itself, or a sealed snapshot of it whose source file had identity ``file_id``).
 
-    A zip checkpoint whose storages are all ranges of the file itself (the usual case) is
-    described once: loading the same, unchanged file again (transformers reads a checkpoint
-    on the meta device, then for real) rebuilds from the kept description, without a child.
+    The whole load -- the child's parse and this process's rebuild -- ends within the
+    policy's timeout. A zip checkpoint whose storages are all ranges of the file itself (the
+    usual case) is described once: loading the same, unchanged file again (transformers
+    reads a checkpoint on the meta device, then for real) rebuilds from the kept
+    description, without a child.
     """
-    key = file_id or identity(fd)
-    key = None if key is None or probe else (key, reader, pol.allow_globals)
-    description = _kept.get(key) if key is not None else None
-    if description is not None:
-        return _build(description, fd, size, None, 0, name, pol, map_location)
-    parsed = client.run(fd, size, reader, name, limits(pol, size), probe=probe)
+    deadline = time.monotonic() + pol.timeout
+    key = None if file_id is None or probe else (file_id, reader, pol.allow_globals)
+    kept = _kept.get(key) if key is not None else None
+    if kept is not None:
+        description = json.loads(kept)
+        return _build(description, fd, size, None, 0, name, pol, map_location, deadline)
+    parsed = client.run(fd, size, reader, name, limits(pol, size, deadline), probe=probe)
     try:
         result = _build(
             parsed.description,
@@ -92,11 +100,16 @@ def load(
             name,
             pol,
             map_location,
+            deadline,
         )
     finally:
         os.close(parsed.memfd)
-    if key is not None and _self_contained(parsed.description):
-        _kept.put(key, parsed.description)
+    if (
+        key is not None
+        and parsed.answer_bytes <= KEPT_BYTES
+        and _self_contained(parsed.description)
+    ):
+        _kept.put(key, json.dumps(parsed.description, separators=(",", ":")).encode())
     return result
 
 
@@ -120,6 +133,7 @@ def _build(
     name: str,
     pol: Policy,
     map_location: Any,
+    deadline: float,
 ) -> Any:
     def no_memfd() -> Any:
         raise ValueError("the description refers to a memfd it does not have")
@@ -133,6 +147,7 @@ def _build(
         file_size=size,
         memfd_size=memfd_size,
         extra_globals=pol.allow_globals,
+        deadline=(deadline, pol.timeout),
     )
 
 

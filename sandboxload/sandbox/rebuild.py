@@ -27,6 +27,7 @@ import torch
 from ..errors import CorruptCheckpointError, SandboxLoadError, UnsafeGlobalError
 from ..maplocation import restore, untyped
 from . import rebuild_numpy
+from .budget import Budget
 from .protocol import (
     ALIGN,
     DTYPE_SIZES,
@@ -56,8 +57,10 @@ class Rebuilder:
         file_size: int,
         memfd_size: int,
         extra_globals: tuple[str, ...],
+        deadline: tuple[float, float] | None = None,
     ) -> None:
         self.name = name
+        self.budget = Budget(name, deadline)
         self.map_location = map_location
         self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_size)}
         self.extra_globals = extra_globals
@@ -120,12 +123,15 @@ class Rebuilder:
         check(description.get("version") == VERSION, "description version")
         nodes = description.get("nodes")
         check(isinstance(nodes, list) and nodes, "nodes must be a non-empty list")
+        # Every object costs the pickle at least one opcode byte.
+        check(len(nodes) <= self.sources["file"][1] + 64, "more objects than the file has bytes")
         self.build_storages(description.get("storages"))
         self.nodes = nodes
         # Pass 1: shells first, so later nodes (and cycles) can point at them.
         self.objects = [None] * len(nodes)
         shell = [False] * len(nodes)
         for i, node in enumerate(nodes):
+            self.budget.tick()
             kind, _ = node_fields(node)
             if kind in SHELLS:
                 self.objects[i] = self._shell(node)
@@ -133,11 +139,13 @@ class Rebuilder:
         self.shell = shell
         # Pass 2: everything else, in order; each may only use lower ids or shells.
         for i, node in enumerate(nodes):
+            self.budget.tick()
             if not shell[i]:
                 self.index = i
                 self.objects[i] = self._leaf(node)
         # Pass 3: fill the shells.
         for i, node in enumerate(nodes):
+            self.budget.tick()
             if shell[i]:
                 self.index = len(nodes)
                 self._fill(self.objects[i], node)
@@ -145,6 +153,7 @@ class Rebuilder:
         return self.objects[root]
 
     def ref(self, value: Any) -> Any:
+        self.budget.tick()
         check(type(value) is int and 0 <= value < len(self.objects), "node reference")
         check(value < self.index or self.shell[value], "forward reference to a non-container")
         return self.objects[value]
@@ -205,7 +214,7 @@ class Rebuilder:
                 obj.extend(self.ref(x) for x in args[0])
             elif kind in ("dict", "counter", "odict"):
                 for k, v in self._pairs(args[0]):
-                    obj[k] = v
+                    obj[self.budget.hashed(k)] = v
                 if kind == "odict":
                     for k, v in self._attrs(args[1]).items():
                         setattr(obj, k, v)
@@ -240,6 +249,8 @@ class Rebuilder:
             check(isinstance(args[0], list), kind)
             items = [self.ref(x) for x in args[0]]
             try:
+                if kind != "tuple":
+                    items = [self.budget.hashed(x) for x in items]
                 return {"tuple": tuple, "set": set, "frozenset": frozenset}[kind](items)
             except TypeError as exc:
                 raise Invalid(f"{kind}: {exc}") from None
