@@ -110,8 +110,15 @@ def small(tmp_path: Path) -> Path:
     return path
 
 
-def rebuild_over(description: Any, file: bytes, memfd: bytes = b"", name: str = "<test>") -> Any:
-    """The parent's rebuild of ``description`` over in-memory "checkpoint" and memfd bytes."""
+def rebuild_over(
+    description: Any,
+    file: bytes,
+    memfd: bytes = b"",
+    name: str = "<test>",
+    deadline: tuple[float, float] | None = None,
+) -> Any:
+    """The parent's rebuild of ``description`` over in-memory "checkpoint" and memfd bytes
+    (by ``deadline``: (time.monotonic() to end by, the timeout it stands for))."""
     from sandboxload.sandbox.rebuild import rebuild
 
     def storage(data: bytes) -> Any:
@@ -126,6 +133,7 @@ def rebuild_over(description: Any, file: bytes, memfd: bytes = b"", name: str = 
         file_size=len(file),
         memfd_size=len(memfd),
         extra_globals=(),
+        deadline=deadline,
     )
 
 

@@ -7,6 +7,8 @@ memfds and RSS stay flat (psutil).
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import random
 import sys
 import threading
@@ -20,10 +22,11 @@ import safetensors.torch
 import torch
 
 from sandboxload import pinning
-from sandboxload.errors import UnpinnedFileError, UnsafeGlobalError
+from sandboxload.errors import CorruptCheckpointError, UnpinnedFileError, UnsafeGlobalError
 from sandboxload.fileid import LRU
 
 from .attacks import G, X, torch_zip
+from .floods import as_checkpoint, container_flood, size_key_flood
 from .helpers import resources
 
 pytestmark = pytest.mark.slow
@@ -106,6 +109,13 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def _trimmed_rss() -> int:
+    """RSS once the allocator has returned what it only caches (freed, not leaked)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _rss()
+
+
 def test_threads_and_mixed_loads(mixed: list[tuple[str, Callable[[], Any]]]) -> None:
     errors: list[str] = []
 
@@ -150,3 +160,30 @@ def test_sequential_loads_stay_flat(mixed: list[tuple[str, Callable[[], Any]]]) 
     grown = _rss() - rss
     print(f"\n{SEQUENTIAL} sequential loads: RSS {grown / 2**20:+.1f} MiB")
     assert grown < RSS_SLACK, grown >> 20
+
+
+def test_adversarial_descriptions_leave_rss_flat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandboxed: None
+) -> None:
+    """100 rounds of what targets the parent (issue 10): a hash flood, refused; 100,000 tiny
+    containers, loaded and dropped. RSS stays where it was (after a warm-up that settles
+    the allocator: RSS steps up over the first ~50 rounds, then stays flat)."""
+    monkeypatch.setenv("SANDBOXLOAD_TIMEOUT", "2")
+    flood, lists = tmp_path / "flood.pt", tmp_path / "lists.pt"
+    flood.write_bytes(as_checkpoint(size_key_flood(2000)))
+    lists.write_bytes(as_checkpoint(container_flood(100_000)))
+
+    def once() -> None:
+        with pytest.raises(CorruptCheckpointError, match="hash flood"):
+            torch.load(flood)
+        assert len(torch.load(lists)) == 100_000
+
+    for _ in range(70):  # warm: the allocator's arenas and glibc's cache of thread stacks
+        once()
+    before, rss = resources(), _trimmed_rss()
+    for _ in range(100):
+        once()
+    assert resources() == before
+    grown = _trimmed_rss() - rss
+    print(f"\n100 floods + 100 container loads: RSS {grown / 2**20:+.1f} MiB")
+    assert grown < 8 << 20, grown >> 20

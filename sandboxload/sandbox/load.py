@@ -27,6 +27,10 @@ _EXHAUSTED = ("Too many open files", "Cannot allocate memory")
 # only those whose storages all lie in the file itself (rebuilding needs no memfd), only for
 # files (an identity that can recur), and bounded by bytes.
 KEPT_BYTES = 16 * MIB
+KEPT_ENTRY_BYTES = 4 * MIB  # one file's description, at most (honest: ~150 bytes a tensor)
+# The most this process holds while rebuilding a description, per byte of the file, beyond
+# the result itself (measured worst case, one-byte empty lists: ~250; docs/sandbox.md).
+TRANSIENT_PER_BYTE = 400
 _kept: LRU[bytes] = LRU(64, max_bytes=KEPT_BYTES, weigh=len)
 
 
