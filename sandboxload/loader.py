@@ -259,7 +259,7 @@ def _open_gated(
 
     fh = os.fdopen(open_regular(path), "rb")
     size = os.fstat(fh.fileno()).st_size
-    src = Source(origin or UNKNOWN, fh, fh.fileno(), size, origin=origin)
+    src = Source(origin or "<file object>", fh, fh.fileno(), size, origin=origin)
     with fh, admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.fd is not None
         try:
@@ -281,11 +281,9 @@ def safetensors_bytes(data: Any, api: str, parse: Callable[[Any], Any]) -> Any:
 
     if data is _admitted.get():  # the inner deserialize of a load already admitted
         return parse(data)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        return parse(data)  # let safetensors reject it with its own TypeError
-    src = memory_source(
-        bytes(data) if not isinstance(data, bytes) else data, origins.of_bytes(data)
-    )
+    if not isinstance(data, bytes):
+        return parse(data)  # safetensors takes bytes only: its own TypeError for the rest
+    src = memory_source(data, origins.of_bytes(data))
     with admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.data is not None  # the one copy that is sniffed, hashed and loaded
         try:

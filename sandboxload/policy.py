@@ -154,7 +154,10 @@ class Policy:
         "{on,off}",
     )
     timeout: float = setting(
-        300.0, _number(float, 0.001), "wall-clock limit of one sandboxed parse", "SECONDS"
+        300.0,
+        _number(float, 0.001),
+        "wall-clock limit of one sandboxed load (parse and rebuild)",
+        "SECONDS",
     )
     memory_mb: int | None = setting(
         None,

@@ -256,3 +256,15 @@ def test_framework_modules_that_cannot_import_here_use_only_gated_entry_points()
                 assert names <= gated | harmless, f"safetensors.{name} imports {names}"
             if isinstance(node, ast.Name):
                 assert node.id not in {"open", "_safe_open_handle", "_safetensors_rust"}, name
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_bytes_loaders_take_what_safetensors_takes(audit_log: Path, kind: str) -> None:
+    """safetensors' bytes entry points take ``bytes`` only; the gate neither widens that
+    (a copy of a bytearray would be loaded) nor lets anything through unchecked."""
+    data = safetensors.torch.save({"w": torch.ones(2)})
+    wrapped = bytearray(data) if kind == "bytearray" else memoryview(data)
+    for load in (safetensors.torch.load, safetensors.deserialize):
+        with pytest.raises(TypeError, match="bytes"):
+            load(wrapped)  # type: ignore[arg-type]
+    assert not audit_log.exists() or audited(audit_log) == []
