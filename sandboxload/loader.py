@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from . import audit, formats, origins, pinning, policy, routes
+from . import audit, formats, modelfolder, origins, pinning, policy, routes
 from .errors import (
     CorruptCheckpointError,
     HashMismatchError,
@@ -138,6 +138,7 @@ def admit(f: Any, api: str, asked: str = routes.ANY_WEIGHTS) -> Iterator[Admitte
     pol = policy.current()
     with nullcontext(f) if isinstance(f, Source) else open_source(f) as src:
         a = decide(src, pol, api, asked)
+        modelfolder.check_inside(src.origin)
         if a.route.refused:
             a.log.write("refused", a.route.name, a.route.reason)
             raise a.route.refusal(src.name)

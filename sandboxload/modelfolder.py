@@ -3,14 +3,30 @@ them for weight files.
 
 An index's ``weight_map``, a config's ``transformers_weights``: every file they name must stay
 inside the model folder, and when safetensors were asked for, must be safetensors.
+
+And whatever else a folder can redirect with (a sentence-transformers ``modules.json`` path,
+a ``subfolder`` in ``model_args``, a linked directory, an adapter's base model): while a
+user-facing call that named a local folder runs (``SentenceTransformer(dir)``,
+``from_pretrained(dir)``, ``pipeline(model=dir)``), every weight file loaded must lie inside
+that folder -- directories resolved, the file's own name as linked (a Hugging Face snapshot
+links each file into ``blobs/``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from .errors import ModelFolderError
+from .refusals import refuse
+
+# The resolved local folder the outermost user-facing call in progress loads from.
+_root: ContextVar[str | None] = ContextVar("sandboxload_model_folder", default=None)
+# Where a user-facing call names its model (the first positional argument otherwise).
+FOLDER_KWARGS = ("pretrained_model_name_or_path", "model_name_or_path", "model")
 
 SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
@@ -22,6 +38,53 @@ def _inside(base: str, path: str) -> bool:
         return os.path.commonpath([base, path]) == base
     except ValueError:
         return False
+
+
+def resolved_dir(path: str) -> str:
+    """``path`` with its directories resolved and its last name kept as it is linked."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def folder_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The local model folder a call names, if it names one."""
+    candidates = [kwargs[k] for k in FOLDER_KWARGS if k in kwargs] + list(args[:2])
+    for value in candidates:
+        if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+            return os.path.realpath(value)
+    return None
+
+
+@contextmanager
+def loading_from(folder: str | None) -> Iterator[None]:
+    """Confine weight loads to ``folder`` while the call runs (an outer call's folder wins:
+    a library's nested call to another folder is the redirect this stops)."""
+    if folder is None or _root.get() is not None:
+        yield
+        return
+    token = _root.set(folder)
+    try:
+        yield
+    finally:
+        _root.reset(token)
+
+
+def check_inside(path: str | None) -> None:
+    """Refuse a weight file outside the folder of the user-facing call in progress."""
+    root = _root.get()
+    if root is None or path is None:
+        return
+    where = resolved_dir(path)
+    if os.path.commonpath([root, where]) != root:
+        refuse(
+            ModelFolderError(
+                path,
+                f"it lies outside the model folder {root} being loaded (after resolving "
+                "directory links): a file or config in the folder redirected loading "
+                "(modules.json path, subfolder, a linked directory, a base model path). "
+                "Load that model yourself, by its own path",
+            )
+        )
 
 
 def check_shards(index_file: str, shards: Iterable[str]) -> None:

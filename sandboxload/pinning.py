@@ -21,6 +21,7 @@ from functools import lru_cache
 
 from .errors import HashMismatchError, PolicyError, UnknownOriginError, UnpinnedFileError
 from .fileid import LRU, identity, open_regular
+from .modelfolder import resolved_dir
 
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _BLOB = re.compile(r"[0-9a-f]{64}")
@@ -33,11 +34,7 @@ _digests: LRU[str] = LRU(256)
 @dataclass(frozen=True)
 class Manifest:
     path: str
-    by_path: dict[str, str]  # absolute path (as listed, and resolved) -> digest
-
-    @property
-    def digests(self) -> frozenset[str]:
-        return frozenset(self.by_path.values())
+    by_path: dict[str, str]  # absolute path (as listed, and with its folders resolved) -> digest
 
 
 @lru_cache(maxsize=4)
@@ -62,7 +59,7 @@ def _load(path: str, stamp: tuple[int, int, int]) -> Manifest:
         digest, name = m.group(1).lower(), m.group(2)
         full = os.path.normpath(os.path.join(base, name))
         by_path[full] = digest
-        by_path.setdefault(os.path.realpath(full), digest)
+        by_path.setdefault(resolved_dir(full), digest)
     return Manifest(path, by_path)
 
 
@@ -115,7 +112,9 @@ def check(
     if path is None:
         raise UnknownOriginError(name, manifest_path)
     pins = manifest(manifest_path)
-    listed = pins.by_path.get(os.path.abspath(path)) or pins.by_path.get(os.path.realpath(path))
+    # The name as given, or the same name in its resolved directory -- never whatever a link
+    # with an unlisted name points to (that would serve another path's pinned bytes).
+    listed = pins.by_path.get(os.path.abspath(path)) or pins.by_path.get(resolved_dir(path))
     if listed is None:
         raise UnpinnedFileError(path, manifest_path)
     if listed != digest:

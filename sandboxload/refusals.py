@@ -6,21 +6,20 @@ image processor, then a feature extractor; sentence-transformers falls back to a
 import). A refusal raised inside such a step would vanish, and the load would look normal.
 So every refusal raised through :func:`refuse` is also recorded in the current context, and
 each user-facing entry point (``from_pretrained``, ``pipeline``, ``SentenceTransformer(...)``,
-wrapped with :func:`scoped`) re-raises the first refusal recorded during its call when it
-returns -- or when it fails with some other error -- so the refusal always reaches the caller.
+run inside a :func:`scope` by ``patches._common.entry_point``) re-raises the first refusal
+recorded during its call when it returns -- or when it fails with some other error -- so the
+refusal always reaches the caller.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 from .errors import SandboxLoadError
 
-F = TypeVar("F", bound=Callable[..., Any])
 # Refusals raised in this context (thread / task) since the outermost scope began.
 _recorded: ContextVar[list[SandboxLoadError] | None] = ContextVar(
     "sandboxload_refusals", default=None
@@ -56,14 +55,3 @@ def scope() -> Iterator[None]:
     finally:
         if token is not None:
             _recorded.reset(token)
-
-
-def scoped(fn: F) -> F:
-    """``fn`` run inside a :func:`scope` (for a library's user-facing entry points)."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with scope():
-            return fn(*args, **kwargs)
-
-    return run  # type: ignore[return-value]

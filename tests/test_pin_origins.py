@@ -27,7 +27,12 @@ import torch
 import transformers
 
 from sandboxload import pinning
-from sandboxload.errors import HashMismatchError, UnknownOriginError
+from sandboxload.errors import (
+    HashMismatchError,
+    ModelFolderError,
+    UnknownOriginError,
+    UnpinnedFileError,
+)
 
 from .helpers import audited, copy_model, sharded_copy
 
@@ -252,3 +257,99 @@ with safetensors._safe_open_handle(f, "pt") as g:
 def test_numpy_bytes_keep_working_without_a_manifest(tmp_path: Path) -> None:
     data = safetensors.numpy.save({"x": np.arange(3, dtype=np.float32)})
     assert safetensors.numpy.load(data)["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.fixture
+def pinned_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Folders A and B (other weights), both pinned; nothing swapped yet."""
+    a, b = copy_model(tmp_path / "A"), copy_model(tmp_path / "B")
+    halved = {
+        k: v * 0.5 for k, v in safetensors.torch.load_file(str(b / "model.safetensors")).items()
+    }
+    safetensors.torch.save_file(halved, str(b / "model.safetensors"), metadata={"format": "pt"})
+    manifest = tmp_path / "SHA256SUMS"
+    pinning.write_manifest(
+        [str(a / "model.safetensors"), str(b / "model.safetensors")], str(manifest)
+    )
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(manifest))
+    return a, b
+
+
+def _never_loaded_from_b(audit_log: Path, b: Path, since: int) -> None:
+    loaded = [r["file"] for r in audited(audit_log)[since:] if r["decision"] == "loaded"]
+    assert not [f for f in loaded if os.path.realpath(f).startswith(str(b))], loaded
+
+
+def test_a_link_with_an_unlisted_name_is_not_checked_as_its_target(
+    pinned_pair: tuple[Path, Path], audit_log: Path
+) -> None:
+    """A's index names a shard that is a link to B's pinned file: the name A's folder uses is
+    not pinned, and B's pin does not vouch for it (the lookup resolved it to B's entry)."""
+    from sentence_transformers import SentenceTransformer
+
+    a, b = pinned_pair
+    (a / "model.safetensors").unlink()
+    shard = "model-00001-of-00001.safetensors"
+    (a / shard).symlink_to(Path("..", "B", "model.safetensors"))
+    keys = safetensors.torch.load_file(str(b / "model.safetensors"))
+    index = {"metadata": {}, "weight_map": dict.fromkeys(keys, shard)}
+    (a / "model.safetensors.index.json").write_text(json.dumps(index))
+    since = len(audited(audit_log)) if audit_log.exists() else 0
+    with pytest.raises(UnpinnedFileError):
+        SentenceTransformer(str(a), device="cpu")
+    with pytest.raises(UnpinnedFileError):
+        safetensors.torch.load_file(str(a / shard))
+    _never_loaded_from_b(audit_log, b, since)
+
+
+def _redirect(a: Path, how: str) -> None:
+    """Folder A's own files send loading to B: no weight file of A touched."""
+    if how == "subfolder":
+        config = json.loads((a / "sentence_bert_config.json").read_text())
+        config["model_kwargs" if TRANSFORMERS_5 else "model_args"] = {"subfolder": "../B"}
+        (a / "sentence_bert_config.json").write_text(json.dumps(config))
+        return
+    modules = json.loads((a / "modules.json").read_text())
+    if how == "linked directory":
+        (a / "first").symlink_to(Path("..", "B"))
+    modules[0]["path"] = "../B" if how == "modules.json" else "first"
+    (a / "modules.json").write_text(json.dumps(modules))
+
+
+@pytest.mark.parametrize("how", ["modules.json", "subfolder", "linked directory"])
+def test_a_folder_cannot_redirect_loading_to_another_pinned_folder(
+    pinned_pair: tuple[Path, Path], audit_log: Path, how: str
+) -> None:
+    """Every weight file loaded while ``SentenceTransformer(A)`` runs lies inside A, after
+    resolving directory links (sentence-transformers 6 rejects some ``..`` paths itself)."""
+    from sentence_transformers import SentenceTransformer
+
+    a, b = pinned_pair
+    _redirect(a, how)
+    since = len(audited(audit_log)) if audit_log.exists() else 0
+    raised: BaseException | None = None
+    try:
+        SentenceTransformer(str(a), device="cpu")
+    except Exception as exc:  # which refusal depends on the stack
+        raised = exc
+    _never_loaded_from_b(audit_log, b, since)
+    if how == "linked directory" or not TRANSFORMERS_5:  # where the redirect is live
+        assert isinstance(raised, ModelFolderError), repr(raised)
+
+
+def test_the_redirect_is_live_without_sandboxload(pinned_pair: tuple[Path, Path]) -> None:
+    """Control: unprotected, the linked-directory folder A serves B's weights."""
+    from .helpers import run_py
+
+    a, b = pinned_pair
+    _redirect(a, "linked directory")
+    code = f"""
+import torch, safetensors.torch
+from sentence_transformers import SentenceTransformer
+got = SentenceTransformer({str(a)!r}, device="cpu")[0].auto_model.state_dict()
+want = safetensors.torch.load_file({str(b / "model.safetensors")!r})
+print(all(torch.equal(got[k], v) for k, v in want.items() if k in got))
+"""
+    proc = run_py(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True"

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
+from .. import modelfolder
+from ..refusals import scope
 from . import registry
 
 Maker = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -85,3 +87,16 @@ def replace_everywhere(original: Any, patched: Any) -> None:
         for attr, value in list(namespace.items()):
             if value is original:
                 namespace[attr] = patched
+
+
+def entry_point(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A library's user-facing entry point: refusals swallowed inside are re-raised at its
+    end (:mod:`refusals`), and weight loads are confined to the local folder it names
+    (:func:`modelfolder.loading_from`)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with scope(), modelfolder.loading_from(modelfolder.folder_argument(args, kwargs)):
+            return fn(*args, **kwargs)
+
+    return run

@@ -18,8 +18,8 @@ from typing import Any
 
 from .. import policy
 from ..errors import RemoteCodeRefusedError
-from ..refusals import refuse, scoped
-from ._common import wrap, wrap_method
+from ..refusals import refuse
+from ._common import entry_point, wrap, wrap_method
 
 ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
 
@@ -84,4 +84,4 @@ def patch_model_class(module: ModuleType) -> None:
     model is built is re-raised by its constructor."""
     cls = getattr(module, MODEL_CLASSES.get(module.__name__, ""), None)
     if isinstance(cls, type):
-        wrap_method(cls, "__init__", scoped)
+        wrap_method(cls, "__init__", entry_point)

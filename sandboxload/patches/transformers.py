@@ -16,8 +16,7 @@ from typing import Any
 
 from .. import modelfolder, origins
 from ..errors import SandboxLoadError
-from ..refusals import scoped
-from ._common import is_patched, mark, wrap, wrap_method
+from ._common import entry_point, is_patched, mark, wrap, wrap_method
 
 
 def _shards(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,4 +76,4 @@ def patch_modeling(module: ModuleType) -> None:
     wrap(module, "_get_resolved_checkpoint_files", _resolved)
     wrap(module, "load_state_dict", _surface)
     if isinstance(getattr(module, "PreTrainedModel", None), type):
-        wrap_method(module.PreTrainedModel, "from_pretrained", scoped)
+        wrap_method(module.PreTrainedModel, "from_pretrained", entry_point)

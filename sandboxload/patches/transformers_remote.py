@@ -31,8 +31,8 @@ from typing import Any, NoReturn
 
 from .. import policy
 from ..errors import RemoteCodeRefusedError
-from ..refusals import refuse, scoped
-from ._common import wrap, wrap_method
+from ..refusals import refuse
+from ._common import entry_point, wrap, wrap_method
 
 CUSTOM_GENERATE = "custom_generate/generate.py"
 _HUB_ARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only")
@@ -211,6 +211,6 @@ def patch_entry_points(module: ModuleType) -> None:
     """Hook for each module of :data:`ENTRY_POINTS`."""
     for owner, name in ENTRY_POINTS.get(module.__name__, ()):
         if owner is None:
-            wrap(module, name, scoped)
+            wrap(module, name, entry_point)
         elif isinstance(getattr(module, owner, None), type):
-            wrap_method(getattr(module, owner), name, scoped)
+            wrap_method(getattr(module, owner), name, entry_point)

@@ -16,8 +16,8 @@ from typing import Any
 from ..errors import SandboxTimeoutError
 from .validate import check
 
-# Distinct keys sharing a hash that one load may contain: never in honest data (64-bit hashes),
-# and few enough that inserting them costs nothing.
+# Keys of one dict or set sharing a hash with an earlier one: never in honest data (64-bit
+# hashes, and a pickled dict has no duplicate keys), and few enough to cost nothing.
 MAX_COLLISIONS = 64
 # Dict keys and set members are hashed recursively in C: bounded nesting (the C stack) and
 # size (each insertion rehashes the whole key). Honest keys are names, ints, short tuples.
@@ -32,10 +32,7 @@ class Budget:
         self.name = name
         # (time.monotonic() to end by, the timeout setting it came from) and a step counter.
         self.deadline, self.steps = deadline, 0
-        # Every hashed key's hash -> the first key seen with it; distinct keys that shared a
-        # hash with an earlier one; sizes of nested keys already measured.
-        self.hashes: dict[int, Any] = {}
-        self.collisions = 0
+        # Sizes (and heights) of nested keys already measured.
         self.key_sizes: dict[int, tuple[int, int]] = {}
 
     def tick(self, steps: int = 1) -> None:
@@ -45,21 +42,17 @@ class Budget:
         if crossed and self.deadline and time.monotonic() > self.deadline[0]:
             raise SandboxTimeoutError(self.name, self.deadline[1], "rebuilding")
 
-    def hashed(self, key: Any) -> Any:
-        """``key``, about to be hashed into a dict or set: a few collisions are tolerated,
-        more refused before any is inserted; a nested key's height and size are bounded,
-        and its size counted against the deadline (every insertion rehashes it)."""
-        self.tick(self._key_size(key))
-        h = hash(key)  # TypeError for an unhashable key, as pickle itself would fail
-        first = self.hashes.setdefault(h, key)
-        if first is not key and not _equal(first, key):
-            self.collisions += 1
-            check(self.collisions <= MAX_COLLISIONS, "keys whose hashes collide (a hash flood)")
-        return key
+    def keys(self) -> Keys:
+        """A guard for the keys of one dict or set, about to be inserted."""
+        return Keys(self)
 
-    def _key_size(self, key: Any) -> int:
-        """How many objects hashing ``key`` visits, with its nesting height checked; each
-        tuple or frozenset is measured once (memo by identity: the objects stay alive)."""
+    def key_size(self, key: Any) -> int:
+        """What hashing or comparing ``key`` costs: objects visited, and a string or bytes
+        as one per 64 bytes (equal but distinct strings compare byte by byte). A tuple or
+        frozenset is measured once (memo by identity: the objects stay alive), its nesting
+        height checked on the way."""
+        if isinstance(key, (str, bytes)):
+            return 1 + len(key) // 64
         if not isinstance(key, (tuple, frozenset)):
             return 1
         sizes = self.key_sizes  # id -> (size, height)
@@ -73,7 +66,8 @@ class Budget:
                 stack.append((item, True))
                 stack.extend((x, False) for x in nested if id(x) not in sizes)
                 continue
-            size = 1 + len(item) - len(nested) + sum(sizes[id(x)][0] for x in nested)
+            flat = sum(self.key_size(x) for x in item if not isinstance(x, (tuple, frozenset)))
+            size = 1 + flat + sum(sizes[id(x)][0] for x in nested)
             height = 1 + max((sizes[id(x)][1] for x in nested), default=0)
             check(height <= MAX_KEY_HEIGHT, "a key nested too deeply to hash")
             check(size <= MAX_KEY_SIZE, "a key too large to hash")
@@ -81,8 +75,24 @@ class Budget:
         return sizes[id(key)][0]
 
 
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # a tensor inside a tuple compares elementwise
-        return False
+class Keys:
+    """The keys of one dict or set. Only keys of the same container are ever compared
+    (when their hashes are equal), so that is where collisions are counted: a few are
+    tolerated, more refused before they are inserted; each comparison the insertion will
+    make is counted against the deadline. No key is compared here."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.seen: dict[int, int] = {}  # hash -> keys so far with it
+        self.collisions = 0
+
+    def admit(self, key: Any) -> Any:
+        size = self.budget.key_size(key)
+        h = hash(key)  # TypeError for an unhashable key, as pickle itself would fail
+        earlier = self.seen.get(h, 0)
+        if earlier:
+            self.collisions += 1
+            check(self.collisions <= MAX_COLLISIONS, "keys whose hashes collide (a hash flood)")
+        self.seen[h] = earlier + 1
+        self.budget.tick(size * (1 + earlier))  # hashed once, compared with each earlier
+        return key

@@ -91,8 +91,12 @@ def load(
     key = None if file_id is None or probe else (file_id, reader, pol.allow_globals)
     kept = _kept.get(key) if key is not None else None
     if kept is not None:
-        description = json.loads(kept)
-        return _build(description, fd, size, None, 0, name, pol, map_location, deadline)
+        try:
+            description = json.loads(kept)
+        except (ValueError, RecursionError):  # never expected: parse the file afresh
+            description = None
+        if description is not None:
+            return _build(description, fd, size, None, 0, name, pol, map_location, deadline)
     parsed = client.run(fd, size, reader, name, limits(pol, size, deadline), probe=probe)
     try:
         result = _build(
@@ -110,10 +114,12 @@ def load(
         os.close(parsed.memfd)
     if (
         key is not None
-        and parsed.answer_bytes <= KEPT_BYTES
+        and parsed.answer_bytes <= KEPT_ENTRY_BYTES
         and _self_contained(parsed.description)
     ):
-        _kept.put(key, json.dumps(parsed.description, separators=(",", ":")).encode())
+        # Only the fields the rebuild validated: nothing else of the child's answer is kept.
+        validated = {k: parsed.description[k] for k in ("version", "storages", "nodes", "root")}
+        _kept.put(key, json.dumps(validated, separators=(",", ":")).encode())
     return result
 
 

@@ -67,6 +67,7 @@ class Rebuilder:
         # (untyped storage, dtype, nbytes, is a view)
         self.storages: list[tuple[Any, str, int, bool]] = []
         self.objects: list[Any] = []
+        self.memfd_copied = 0  # bytes copied out of the memfd for NumPy arrays
 
     # --- storages -------------------------------------------------------------------------
 
@@ -78,8 +79,11 @@ class Rebuilder:
         the child align them, and may not overlap (two tensors never alias unless the pickle
         shared them, which it says with a view of an earlier storage)."""
         check(isinstance(entries, list), "storages must be a list")
+        # Every storage costs the pickle at least one byte (its persistent id).
+        check(len(entries) <= self.sources["file"][1] + 64, "more storages than file bytes")
         ranges: dict[str, list[tuple[int, int]]] = {"file": [], "memfd": []}
         for index, entry in enumerate(entries):
+            self.budget.tick()
             check(isinstance(entry, list) and len(entry) == len(STORAGE_FIELDS), "storage entry")
             dtype, nbytes, source, offset, location, base = entry
             check(dtype in DTYPE_SIZES, "storage dtype")
@@ -213,8 +217,9 @@ class Rebuilder:
                 check(isinstance(args[0], list), "list")
                 obj.extend(self.ref(x) for x in args[0])
             elif kind in ("dict", "counter", "odict"):
+                keys = self.budget.keys()
                 for k, v in self._pairs(args[0]):
-                    obj[self.budget.hashed(k)] = v
+                    obj[keys.admit(k)] = v
                 if kind == "odict":
                     for k, v in self._attrs(args[1]).items():
                         setattr(obj, k, v)
@@ -250,7 +255,8 @@ class Rebuilder:
             items = [self.ref(x) for x in args[0]]
             try:
                 if kind != "tuple":
-                    items = [self.budget.hashed(x) for x in items]
+                    keys = self.budget.keys()
+                    items = [keys.admit(x) for x in items]
                 return {"tuple": tuple, "set": set, "frozenset": frozenset}[kind](items)
             except TypeError as exc:
                 raise Invalid(f"{kind}: {exc}") from None
@@ -298,7 +304,13 @@ class Rebuilder:
         raise Invalid(f"node kind {kind!r} cannot appear here")
 
     def _memfd_bytes(self, offset: int, nbytes: int) -> bytes:
-        return bytes(self.sources["memfd"][0]()[offset : offset + nbytes])
+        """A copy of a memfd range for NumPy (which owns its bytes). All such copies of one
+        load together stay within the memfd's size: a range named twice is paid once."""
+        self.memfd_copied += nbytes
+        check(self.memfd_copied <= self.sources["memfd"][1], "numpy arrays exceed the memfd")
+        self.budget.tick(1 + nbytes // 4096)
+        view = torch.empty(0, dtype=torch.uint8).set_(self.sources["memfd"][0](), offset, (nbytes,))
+        return view.numpy().tobytes()  # one memcpy (bytes(storage) went byte by byte)
 
     def _tensor(self, args: list[Any]) -> torch.Tensor:
         sid, offset, size, stride, requires_grad, dtype, metadata, attrs = args
