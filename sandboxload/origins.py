@@ -52,9 +52,11 @@ def tracked_open(file: Any, mode: str = "r", buffering: int = -1, *args: Any, **
     on a FIFO); everything else is the builtin ``open``."""
     if (
         sorted(mode) != ["b", "r"]
+        or buffering == 0  # unbuffered: the builtin's FileIO, as asked
         or args
         or kwargs
         or not isinstance(file, (str, bytes, os.PathLike))
+        or os.path.isdir(file)  # the builtin's IsADirectoryError
     ):
         return open(file, mode, buffering, *args, **kwargs)
     path = os.fsdecode(os.fspath(file))

@@ -203,3 +203,90 @@ def test_a_description_larger_than_the_budget_is_not_kept(
     assert len(torch.load(path)) == 100
     assert not kept.items
     kept.clear()
+
+
+# --- found by the attack review of this change --------------------------------------------
+
+
+def test_equal_big_keys_in_separate_dicts_are_not_compared() -> None:
+    """Two equal 1 MB strings (distinct objects) in two tuples of 1,000 references, each the
+    key of its own dict: Python never compares keys of different dicts, and neither does the
+    guard; such a key is too large to hash cheaply and is refused at once."""
+    big = "x" * (1 << 20)
+    k = 1000
+    nodes = [
+        ["list", [6, 7]],  # the result: both dicts (shells, referenced before they appear)
+        ["str", big],
+        ["str", big],  # equal to node 1, a distinct object
+        ["tuple", [1] * k],
+        ["tuple", [2] * k],
+        ["int", 0],
+        ["dict", [[3, 5]]],
+        ["dict", [[4, 5]]],
+    ]
+    description = {"version": VERSION, "storages": [], "nodes": nodes, "root": 0}
+    start = time.monotonic()
+    with pytest.raises(CorruptCheckpointError, match="too large to hash"):
+        rebuild_over(description, b"\0" * 64, deadline=(start + 1.0, 1.0))
+    assert time.monotonic() - start < 1.0
+
+
+def test_numpy_copies_are_bounded_by_the_memfd() -> None:
+    """A misbehaving child naming one memfd range for many arrays: each copy is paid, and
+    all of them together may not exceed the memfd."""
+    m = 1 << 20
+    nodes: list[list[object]] = [["list", [2, 3, 4]], ["npdtype", "|u1", False, False, None]]
+    nodes += [["ndarray", "frombuffer", 1, 1, [m], False, 0, m] for _ in range(3)]
+    description = {"version": VERSION, "storages": [], "nodes": nodes, "root": 0}
+    with pytest.raises(CorruptCheckpointError, match="exceed the memfd"):
+        rebuild_over(description, b"\0" * 64, memfd=b"\0" * m)
+    description["nodes"] = nodes[:3]
+    description["nodes"][0] = ["list", [2]]
+    (array,) = rebuild_over(description, b"\0" * 64, memfd=b"\1" * m)
+    assert array.nbytes == m and int(array.sum()) == m
+
+
+def test_the_storage_table_counts_against_the_deadline() -> None:
+    n = 1_000_000
+    storages = [["float32", 0, "file", 0, "cpu", None]] * n
+    description = {"version": VERSION, "storages": storages, "nodes": [["none"]], "root": 0}
+    start = time.monotonic()
+    with pytest.raises(SandboxTimeoutError):
+        rebuild_over(description, b"\0" * (n + 64), deadline=(start + 0.2, 0.2))
+    assert time.monotonic() - start < 1.0
+    with pytest.raises(CorruptCheckpointError, match="more storages than file bytes"):
+        rebuild_over(description, b"\0" * 1000)
+
+
+def test_an_expanded_device_tensor_is_bounded_by_the_file(tmp_path: Path) -> None:
+    """torch's own ``_rebuild_device_tensor_from_cpu_tensor`` over a stride-0 view: a few
+    hundred bytes of file become numel elements. Loaded like torch up to 2x the file +
+    64 MiB; beyond that refused (a 1.5 KB file asking for 1 GB)."""
+    import pickle
+
+    def checkpoint(n: int) -> Path:
+        class Dev:
+            def __reduce__(self) -> tuple[object, ...]:
+                t = torch.zeros(1, dtype=torch.uint8).expand(n)
+                rebuild = torch._utils._rebuild_device_tensor_from_cpu_tensor
+                return (rebuild, (t, torch.float32, "cpu", False))
+
+        path = tmp_path / f"dev{n}.pt"
+        torch.save({"x": Dev()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+        return path
+
+    small = torch.load(checkpoint(1 << 20))["x"]
+    assert small.shape == (1 << 20,) and small.dtype == torch.float32 and not small.any()
+    with pytest.raises(CorruptCheckpointError, match="device tensor too large"):
+        torch.load(checkpoint(1 << 28))
+
+
+def test_only_validated_fields_are_kept(tmp_path: Path) -> None:
+    kept = sandbox_load._kept
+    kept.clear()
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    torch.load(path)
+    ((description, _),) = kept.items.values()
+    assert set(json.loads(description)) == {"version", "storages", "nodes", "root"}
+    kept.clear()

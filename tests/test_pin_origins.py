@@ -353,3 +353,29 @@ print(all(torch.equal(got[k], v) for k, v in want.items() if k in got))
     proc = run_py(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_the_tracked_open_behaves_as_open_for_honest_use(tmp_path: Path) -> None:
+    """What transformers' modeling_utils gets as ``open``: the builtin's behaviour for what
+    is not a whole binary read of a regular file, a FIFO refused without blocking, and the
+    remembered read let go at close."""
+    from sandboxload import origins
+    from sandboxload.errors import NotARegularFileError
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    with origins.tracked_open(path, "rb", buffering=0) as f:
+        assert type(f) is io.FileIO
+    with pytest.raises(IsADirectoryError):
+        origins.tracked_open(tmp_path, "rb")
+    with origins.tracked_open(path) as f:  # text mode: the builtin
+        assert f.read() == "abc" * 1000
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(NotARegularFileError):
+        origins.tracked_open(fifo, "rb")  # the builtin would block here forever
+    with origins.tracked_open(path, "rb") as f:
+        data = f.read()
+        assert origins.of_bytes(data) == str(path)
+        assert f.name == str(path) and f.seek(0) == 0 and f.read(3) == b"abc"
+    assert origins.of_bytes(data) is None  # closed: the bytes are no longer held

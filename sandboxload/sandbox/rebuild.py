@@ -353,7 +353,13 @@ class Rebuilder:
             data = torch.from_numpy(data)
         location = str_(args[2], "device")
         target = self._restore(torch.UntypedStorage(0), location).device
-        t = data.to(dtype=_TORCH_DTYPES[args[1]], device=target)
+        dtype = _TORCH_DTYPES[args[1]]
+        # A conversion allocates numel elements, which an expanded (stride 0) view can make
+        # far more than the file holds (a 64-byte file, 1 GB): bounded by the file's size.
+        made = data.numel() * torch.empty((), dtype=dtype).element_size()
+        check(made <= 2 * self.sources["file"][1] + (64 << 20), "device tensor too large")
+        self.budget.tick(1 + made // 4096)
+        t = data.to(dtype=dtype, device=target)
         t.requires_grad = args[3]
         return t
 
