@@ -49,15 +49,24 @@ def test_the_flood_is_live_without_sandboxload(tmp_path: Path) -> None:
     assert proc.stdout.split() == ["200", "1"]
 
 
-def test_a_hash_flood_is_refused_within_the_timeout(
+def test_a_hash_flood_ends_typed_within_twice_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _write(tmp_path, "flood.pt", size_key_flood(40_000))  # minutes to rebuild before
+    """Under SANDBOXLOAD_TIMEOUT=2 (minutes to rebuild before): refused as a hash flood, or
+    -- on a machine too busy to parse it in time -- stopped by the deadline."""
+    path = _write(tmp_path, "flood.pt", size_key_flood(40_000))
     monkeypatch.setenv("SANDBOXLOAD_TIMEOUT", str(TIMEOUT))
     start = time.monotonic()
-    with pytest.raises(CorruptCheckpointError, match="hash flood"):
+    with pytest.raises((CorruptCheckpointError, SandboxTimeoutError)) as info:
         torch.load(path)
     assert time.monotonic() - start < 2 * TIMEOUT
+    if isinstance(info.value, CorruptCheckpointError):
+        assert "hash flood" in str(info.value)
+
+
+def test_a_hash_flood_is_refused_as_one(tmp_path: Path) -> None:
+    with pytest.raises(CorruptCheckpointError, match="hash flood"):
+        torch.load(_write(tmp_path, "flood.pt", size_key_flood(40_000)))
 
 
 def test_a_few_colliding_keys_still_load_as_torch_loads_them(tmp_path: Path) -> None:

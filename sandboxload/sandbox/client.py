@@ -154,6 +154,8 @@ def _run(fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | N
             os.close(child_fd)
             if limits.seccomp and limits.spare:
                 spare.enable(program)  # the next load finds a worker already started
+        if limits.deadline is not None and time.monotonic() > limits.deadline:
+            raise SandboxTimeoutError(name, limits.timeout)  # no time left to parse it
         description = _answer(out, err, status, name, fmt, limits)
         return Parsed(description, memfd, capacity, len(out))
     except BaseException:
