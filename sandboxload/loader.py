@@ -157,11 +157,16 @@ def torch_load(
     api: str,
 ) -> Any:
     """What the patched ``torch.load`` does, for every caller and every argument."""
-    with admit(f, api) as a:
+    asked, device = routes.ANY_WEIGHTS, None
+    if isinstance(f, (str, os.PathLike)) and os.fspath(f).endswith(".safetensors"):
+        # torch delegates such a path to safetensors.torch.load_file: the same device
+        # handling and errors, and never an unpickling of what it holds.
+        device, asked = _safetensors_device(map_location), routes.SAFETENSORS_ONLY
+    with admit(f, api, asked) as a:
         route, src = a.route, a.src
         try:
             if route.name == routes.SAFETENSORS:
-                result = _safetensors_state_dict(src, map_location)
+                result = _safetensors_state_dict(src, map_location, device)
             elif route.name == routes.IN_PROCESS:
                 # Opt-in migration mode: the caller's own arguments, the original loader; a
                 # path goes as /proc/self/fd/N, the very inode that was sniffed (and pinned).
@@ -216,16 +221,35 @@ def _is_meta(map_location: Any) -> bool:
     return str(map_location) == "meta"
 
 
-def _safetensors_state_dict(src: Source, map_location: Any) -> dict[str, Any]:
-    """A safetensors file that reached torch.load: validated, then loaded by safetensors."""
+def _safetensors_device(map_location: Any) -> str:
+    """The device torch passes to ``load_file`` for a ``.safetensors`` path (torch 2.13)."""
+    import torch
+
+    if map_location is None:
+        return "cpu"
+    if isinstance(map_location, (str, bytes, torch.device)):
+        return str(map_location)
+    kind = "dict" if isinstance(map_location, dict) else "callable"
+    raise RuntimeError(
+        f"Loading safetensors file with {kind} map_location is not supported. "
+        "Use a device string or torch.device instead."
+    )
+
+
+def _safetensors_state_dict(src: Source, map_location: Any, device: str | None) -> Any:
+    """A safetensors file that reached torch.load: validated, then loaded by safetensors --
+    for a ``.safetensors`` path exactly as torch's delegation to ``load_file`` would
+    (``device``: file order, safetensors' own errors), otherwise relocated like a pickle."""
     from .maplocation import relocate
     from .safetensors_header import parse_header, read_header
 
     if src.fd is not None:
         read_header(src.fd, src.name)
         safe_open = registry.original(registry.SAFE_OPEN)
-        with safe_open(f"/proc/self/fd/{src.fd}", framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        with safe_open(f"/proc/self/fd/{src.fd}", framework="pt", device=device or "cpu") as f:
+            tensors = f.get_tensors()  # in file order, as load_file returns them
+        if device is not None:
+            return tensors
     else:
         assert src.data is not None
         parse_header(src.data, len(src.data), src.name)

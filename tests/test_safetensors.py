@@ -268,3 +268,62 @@ def test_bytes_loaders_take_what_safetensors_takes(audit_log: Path, kind: str) -
         with pytest.raises(TypeError, match="bytes"):
             load(wrapped)  # type: ignore[arg-type]
     assert not audit_log.exists() or audited(audit_log) == []
+
+
+MAP_LOCATIONS = {
+    "none": None,
+    "cpu": "cpu",
+    "device": torch.device("cpu"),
+    "meta": "meta",
+    "dict": {"cpu": "cpu"},
+    "callable": lambda storage, location: storage,
+}
+
+
+@pytest.mark.parametrize("where", list(MAP_LOCATIONS))
+def test_a_safetensors_path_through_torch_load_is_what_torch_returns(
+    sandboxed: None, tmp_path: Path, where: str
+) -> None:
+    """torch 2.13 hands a ``.safetensors`` path to ``safetensors.torch.load_file``: the keys
+    in file order (not sorted), its device handling, its errors for the forms it refuses."""
+    from sandboxload.patches import registry
+
+    sd = {
+        "z": torch.ones(1, dtype=torch.float64),
+        "a": torch.zeros(2, dtype=torch.int8),
+        "m": torch.ones(3, dtype=torch.float16),
+        "b": torch.arange(5.0),
+    }
+    path = tmp_path / "o.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    original = registry.original(registry.TORCH_LOAD)
+    map_location = MAP_LOCATIONS[where]
+    try:
+        want = original(str(path), map_location=map_location)
+    except Exception as exc:  # torch refuses this form: so must sandboxload, alike
+        with pytest.raises(type(exc)) as info:
+            torch.load(str(path), map_location=map_location)
+        assert str(info.value) == str(exc)
+        return
+    got = torch.load(str(path), map_location=map_location)
+    assert list(got) == list(want) == ["z", "b", "m", "a"]
+    for k in want:
+        assert (got[k].dtype, got[k].device, got[k].shape) == (
+            want[k].dtype,
+            want[k].device,
+            want[k].shape,
+        )
+        if want[k].device.type != "meta":
+            assert torch.equal(got[k], want[k])
+
+
+def test_a_pickle_named_safetensors_is_never_unpickled(
+    sandboxed: None, tmp_path: Path, canary: Path
+) -> None:
+    """torch hands the path to safetensors, which rejects it; so does sandboxload, typed."""
+    from .helpers import Payload
+
+    path = tmp_path / "evil.safetensors"
+    torch.save({"x": Payload(canary)}, path)
+    with pytest.raises(InvalidSafetensorsError):
+        torch.load(str(path), weights_only=False)
