@@ -20,3 +20,18 @@ class WithSetstate:
     def __setstate__(self, state: dict[str, str]) -> None:
         open(state["path"], "w").close()  # what a real unpickle would do
         self.__dict__.update(state)
+
+
+def touch(path: str) -> None:
+    """A function, as a payload would name one (a test admits it to torch's safe globals)."""
+    open(path, "w").close()
+
+
+class Touch:
+    """Pickles to a call of :func:`touch`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (touch, (self.path,))

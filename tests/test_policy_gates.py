@@ -14,7 +14,12 @@ import safetensors.torch
 import torch
 
 from sandboxload import pinning, policy
-from sandboxload.errors import FormatNotAllowedError, HashMismatchError, UnpinnedFileError
+from sandboxload.errors import (
+    CorruptCheckpointError,
+    FormatNotAllowedError,
+    HashMismatchError,
+    UnpinnedFileError,
+)
 
 from .helpers import (
     PY,
@@ -316,3 +321,43 @@ def test_a_file_object_is_read_once(
     with Shifting(io.FileIO(path)) as f:
         got = torch.load(f)
     assert torch.equal(got["w"], torch.arange(4.0)) and Shifting.reads == 1
+
+
+def test_torch_safe_globals_admit_plain_data_classes_only(
+    sandboxed: None, tmp_path: Path, canary: Path
+) -> None:
+    """``torch.serialization.safe_globals`` / ``add_safe_globals`` extend torch's allowlist;
+    sandboxload honours the classes in it under SANDBOXLOAD_ALLOW_GLOBALS' rule (plain data,
+    rebuilt without running code), and never a function -- which torch itself would call."""
+    from sandboxload.errors import UnsafeGlobalError
+    from sandboxload.patches import registry
+
+    from .helpers import run_py
+    from .plain_classes import Touch, TrainConfig, WithSetstate, touch
+
+    path = tmp_path / "cfg.pt"
+    torch.save({"cfg": TrainConfig(0.1, [1, 2])}, path)
+    with pytest.raises(UnsafeGlobalError):
+        torch.load(path)
+    with torch.serialization.safe_globals([TrainConfig]):
+        got = torch.load(path)
+        want = registry.original(registry.TORCH_LOAD)(path, weights_only=True)
+    assert type(got["cfg"]) is TrainConfig and vars(got["cfg"]) == vars(want["cfg"])
+    setstate = tmp_path / "setstate.pt"
+    torch.save({"x": WithSetstate(str(canary))}, setstate)
+    with torch.serialization.safe_globals([WithSetstate]), pytest.raises(CorruptCheckpointError):
+        torch.load(setstate)  # it has code of its own: not plain data
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Touch(str(canary))}, evil)
+    proc = run_py(  # live: torch's own loader calls a function its safe globals admit
+        "import torch\nfrom tests.plain_classes import touch\n"
+        "with torch.serialization.safe_globals([touch]):\n"
+        f"    torch.load({str(evil)!r}, weights_only=True)\n",
+        env=clean_env(),
+        cwd=Path(__file__).parent.parent,
+    )
+    assert canary.exists(), proc.stderr[-2000:]
+    canary.unlink()
+    with torch.serialization.safe_globals([touch]), pytest.raises(UnsafeGlobalError):
+        torch.load(evil)
+    assert not canary.exists()

@@ -34,6 +34,21 @@ TRANSIENT_PER_BYTE = 400
 _kept: LRU[bytes] = LRU(64, max_bytes=KEPT_BYTES, weigh=len)
 
 
+def extra_globals(pol: Policy) -> tuple[str, ...]:
+    """``SANDBOXLOAD_ALLOW_GLOBALS``, and the classes in torch's own extension of its
+    allowlist (``torch.serialization.add_safe_globals`` / ``safe_globals``), under the same
+    rule: a plain data class is rebuilt without running its code. Functions there are never
+    admitted (a pickle naming one is refused, as any function is)."""
+    names = set(pol.allow_globals)
+    for entry in torch.serialization.get_safe_globals():
+        obj, spelled = entry if isinstance(entry, tuple) else (entry, None)
+        if isinstance(obj, type):
+            dotted = f"{obj.__module__}.{obj.__qualname__}"
+            if spelled in (None, dotted):  # a class the pickle names by another name: no
+                names.add(dotted)
+    return tuple(sorted(names))
+
+
 def limits(pol: Policy, size: int, deadline: float | None = None) -> client.Limits:
     memory = pol.memory_mb * MIB if pol.memory_mb else 1024 * MIB + 2 * size
     return client.Limits(
@@ -41,7 +56,7 @@ def limits(pol: Policy, size: int, deadline: float | None = None) -> client.Limi
         memory_bytes=memory,
         cpu_seconds=pol.cpu_seconds,
         seccomp=pol.seccomp,
-        extra_globals=pol.allow_globals,
+        extra_globals=extra_globals(pol),
         spare=pol.spare,
         deadline=deadline,
     )
@@ -88,7 +103,7 @@ def load(
     description, without a child.
     """
     deadline = time.monotonic() + pol.timeout
-    key = None if file_id is None or probe else (file_id, reader, pol.allow_globals)
+    key = None if file_id is None or probe else (file_id, reader, extra_globals(pol))
     kept = _kept.get(key) if key is not None else None
     if kept is not None:
         try:
@@ -156,7 +171,7 @@ def _build(
         memfd_storage=_mapping(memfd, memfd_size, name) if memfd is not None else no_memfd,
         file_size=size,
         memfd_size=memfd_size,
-        extra_globals=pol.allow_globals,
+        extra_globals=extra_globals(pol),
         deadline=(deadline, pol.timeout),
     )
 
