@@ -42,7 +42,9 @@ def extra_globals(pol: Policy) -> tuple[str, ...]:
     names = set(pol.allow_globals)
     for entry in torch.serialization.get_safe_globals():
         obj, spelled = entry if isinstance(entry, tuple) else (entry, None)
-        if isinstance(obj, type):
+        # torch's own entries (nested-tensor and mesh classes) are torch's parity to build,
+        # not plain data: sandboxload recognises those formats itself.
+        if isinstance(obj, type) and not obj.__module__.startswith("torch."):
             dotted = f"{obj.__module__}.{obj.__qualname__}"
             if spelled in (None, dotted):  # a class the pickle names by another name: no
                 names.add(dotted)
