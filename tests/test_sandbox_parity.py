@@ -171,3 +171,28 @@ def test_file_objects_and_bytes(files: dict[str, Path], expected: dict[str, Any]
         assert fingerprint(torch.load(f)) == want
     assert fingerprint(torch.load(io.BytesIO(path.read_bytes()))) == want
     assert fingerprint(sandboxload.load(str(path))) == want
+
+
+def _allowed_values() -> dict[str, object]:
+    """Every dtype and quantization scheme torch's weights-only allowlist admits, by name:
+    taken from the installed torch, so a torch that admits more fails until covered."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    return {
+        name: value
+        for name, value in _get_allowed_globals().items()
+        if isinstance(value, (torch.dtype, torch.qscheme))
+    }
+
+
+def test_every_dtype_and_qscheme_torch_admits_loads_as_torch_loads_it(tmp_path: Path) -> None:
+    from sandboxload.patches import registry
+
+    values = _allowed_values()
+    assert len(values) >= 40 and "torch.int4" in values and "torch.per_tensor_affine" in values
+    path = tmp_path / "values.pt"
+    torch.save(values, path)
+    want = registry.original(registry.TORCH_LOAD)(path, weights_only=True)
+    got = torch.load(path)
+    assert got == want == values
+    assert all(got[k] is values[k] for k in values)  # the very objects, from fixed tables

@@ -100,6 +100,7 @@ NODE_FIELDS = {
     "size": ("ints",),
     "device": ("type", "index"),
     "dtype": ("name",),
+    "qscheme": ("name",),
     "layout": ("name",),
     "ndarray": ("via", "version", "dtype_id", "shape", "fortran", "offset", "nbytes"),
     "npscalar": ("dtype_id", "base64"),
@@ -120,6 +121,19 @@ DTYPE_SIZES = {
     "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
     "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
 }  # fmt: skip
+
+# Dtypes torch's allowlist admits as values (a config naming one) that no tensor rebuilt
+# here holds yet: sub-byte integers and the quantized dtypes.
+VALUE_DTYPES = (
+    *(f"int{n}" for n in range(1, 8)),
+    *(f"uint{n}" for n in range(1, 8)),
+    "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
+)  # fmt: skip
+# Quantization schemes torch's allowlist admits as values.
+QSCHEMES = (
+    "per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
+    "per_channel_symmetric", "per_channel_affine_float_qparams",
+)  # fmt: skip
 
 # Legacy typed storage class name -> dtype name ("UntypedStorage" holds bytes).
 STORAGE_DTYPES = {

@@ -45,6 +45,9 @@ _TORCH_DTYPES = {
 }
 # Layouts as torch.save spells them ("torch.strided"), the names _get_layout accepts.
 _TORCH_LAYOUTS = {str(v): v for v in vars(torch).values() if isinstance(v, torch.layout)}
+_TORCH_QSCHEMES = {
+    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.qscheme)
+}
 
 
 class Rebuilder:
@@ -274,6 +277,9 @@ class Rebuilder:
         if kind == "layout":
             check(args[0] in _TORCH_LAYOUTS, "layout")
             return _TORCH_LAYOUTS[args[0]]
+        if kind == "qscheme":
+            check(args[0] in _TORCH_QSCHEMES, "qscheme")
+            return _TORCH_QSCHEMES[args[0]]
         if kind == "tensor":
             return self._tensor(args)
         if kind == "meta_tensor":

@@ -7,7 +7,7 @@ records validated arguments. Python 2 names are mapped by the unpickler first, a
 own ``find_class`` maps them (``_compat_pickle``), without importing anything.
 """
 
-from ..protocol import DTYPE_SIZES, STORAGE_DTYPES
+from ..protocol import DTYPE_SIZES, QSCHEMES, STORAGE_DTYPES, VALUE_DTYPES
 from . import data_standins as d
 from . import torch_standins as t
 
@@ -68,11 +68,14 @@ ALLOWED: dict = {
     ("numpy.core.numeric", "_frombuffer"): d.np_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): d.np_frombuffer,
 }
-# Families generated from the contract's tables: torch.<dtype> for every dtype; the legacy
+# Families generated from the contract's tables: torch.<dtype> for every dtype and
+# torch.<qscheme> (as values); the legacy
 # typed storages torch.<X>Storage (and torch.cuda.<X>Storage) for every storage type; and
 # their torch.<X>Tensor names, which legacy tar files carry as inert type tags.
-for _name in DTYPE_SIZES:
+for _name in (*DTYPE_SIZES, *VALUE_DTYPES):
     ALLOWED[("torch", _name)] = t.DType(_name)
+for _name in QSCHEMES:
+    ALLOWED[("torch", _name)] = t.QScheme(_name)
 for _name, _dtype in STORAGE_DTYPES.items():
     _tag = _name.replace("Storage", "Tensor")
     for _module in ("torch", "torch.cuda"):

@@ -163,6 +163,8 @@ class Describer:
             return ["dtype", obj.name]
         if t is ts.Layout:
             return ["layout", obj.name]
+        if t is ts.QScheme:
+            return ["qscheme", obj.name]
         if t is ds.NPDType:
             state = None if obj.state is None else list(obj.state)
             return ["npdtype", obj.code, obj.align, obj.copy, state]

@@ -57,6 +57,13 @@ class Layout:
         self.name = name
 
 
+class QScheme:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class SizeRef:
     __slots__ = ("items",)
 
