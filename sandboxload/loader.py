@@ -95,8 +95,8 @@ def open_source(f: Any) -> Iterator[Source]:
     loading."""
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(f))
-        with os.fdopen(open_regular(path), "rb") as fh:
-            yield Source(path, fh, fh.fileno(), os.fstat(fh.fileno()).st_size, origin=path)
+        with path_source(path, path) as src:
+            yield src
         return
     if not hasattr(f, "read"):
         raise TypeError(
@@ -105,6 +105,14 @@ def open_source(f: Any) -> Iterator[Source]:
         )
     origin = origins.of_file(f)  # before reading: a pipe's end may not outlive the read
     yield memory_source(bytes(f.read()), origin, f"<{type(f).__name__}>")
+
+
+@contextmanager
+def path_source(path: str, origin: str | None) -> Iterator[Source]:
+    """``path`` opened (never blocking, regular files only); its pin is ``origin``'s."""
+    with os.fdopen(open_regular(path), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        yield Source(origin or "<file object>", fh, fh.fileno(), size, origin=origin)
 
 
 def memory_source(data: bytes, origin: str | None, label: str = UNKNOWN) -> Source:
@@ -282,10 +290,7 @@ def _open_gated(
 ) -> Any:
     from .safetensors_header import read_header
 
-    fh = os.fdopen(open_regular(path), "rb")
-    size = os.fstat(fh.fileno()).st_size
-    src = Source(origin or "<file object>", fh, fh.fileno(), size, origin=origin)
-    with fh, admit(src, api, routes.SAFETENSORS_ONLY) as a:
+    with path_source(path, origin) as src, admit(src, api, routes.SAFETENSORS_ONLY) as a:
         assert a.src.fd is not None
         try:
             read_header(a.src.fd, a.src.name)

@@ -51,14 +51,19 @@ def extra_globals(pol: Policy) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def limits(pol: Policy, size: int, deadline: float | None = None) -> client.Limits:
+def limits(
+    pol: Policy,
+    size: int,
+    deadline: float | None = None,
+    extra: tuple[str, ...] | None = None,
+) -> client.Limits:
     memory = pol.memory_mb * MIB if pol.memory_mb else 1024 * MIB + 2 * size
     return client.Limits(
         timeout=pol.timeout,
         memory_bytes=memory,
         cpu_seconds=pol.cpu_seconds,
         seccomp=pol.seccomp,
-        extra_globals=extra_globals(pol),
+        extra_globals=extra_globals(pol) if extra is None else extra,
         spare=pol.spare,
         deadline=deadline,
     )
@@ -105,7 +110,8 @@ def load(
     description, without a child.
     """
     deadline = time.monotonic() + pol.timeout
-    key = None if file_id is None or probe else (file_id, reader, extra_globals(pol))
+    extra = extra_globals(pol)  # once: the child, the cache key and the rebuild agree
+    key = None if file_id is None or probe else (file_id, reader, extra)
     kept = _kept.get(key) if key is not None else None
     if kept is not None:
         try:
@@ -113,8 +119,8 @@ def load(
         except (ValueError, RecursionError):  # never expected: parse the file afresh
             description = None
         if description is not None:
-            return _build(description, fd, size, None, 0, name, pol, map_location, deadline)
-    parsed = client.run(fd, size, reader, name, limits(pol, size, deadline), probe=probe)
+            return _build(description, fd, size, None, 0, name, pol, map_location, deadline, extra)
+    parsed = client.run(fd, size, reader, name, limits(pol, size, deadline, extra), probe=probe)
     try:
         result = _build(
             parsed.description,
@@ -126,6 +132,7 @@ def load(
             pol,
             map_location,
             deadline,
+            extra,
         )
     finally:
         os.close(parsed.memfd)
@@ -161,6 +168,7 @@ def _build(
     pol: Policy,
     map_location: Any,
     deadline: float,
+    extra: tuple[str, ...],
 ) -> Any:
     def no_memfd() -> Any:
         raise ValueError("the description refers to a memfd it does not have")
@@ -173,7 +181,7 @@ def _build(
         memfd_storage=_mapping(memfd, memfd_size, name) if memfd is not None else no_memfd,
         file_size=size,
         memfd_size=memfd_size,
-        extra_globals=extra_globals(pol),
+        extra_globals=extra,
         deadline=(deadline, pol.timeout),
     )
 
