@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 
-def fingerprint(root: Any) -> Any:
+def fingerprint(root: Any) -> Any:  # noqa: PLR0915 (one closure per kind of value)
     seen: dict[int, int] = {}
     storages: dict[int, int] = {}
     keep: list[Any] = []
@@ -24,7 +24,54 @@ def fingerprint(root: Any) -> Any:
             return None
         return storages.setdefault(s.data_ptr(), len(storages))
 
+    def special(t: Any) -> dict[str, Any] | None:
+        """Sparse and nested tensors have no one storage: their parts are compared."""
+        import torch
+
+        if t.is_nested:
+            return {
+                "nested": [walk(x) for x in t.unbind()],
+                "sizes": t._nested_tensor_size().tolist(),
+                "strides": t._nested_tensor_strides().tolist(),
+                "offsets": t._nested_tensor_storage_offsets().tolist(),
+                "dtype": str(t.dtype),
+            }
+        if t.layout is torch.sparse_coo:
+            return {
+                "layout": str(t.layout),
+                "shape": list(t.shape),
+                "coalesced": t.is_coalesced(),
+                "indices": walk(t._indices()),
+                "values": walk(t._values()),
+            }
+        if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            parts = (t.crow_indices(), t.col_indices(), t.values())
+        elif t.layout in (torch.sparse_csc, torch.sparse_bsc):
+            parts = (t.ccol_indices(), t.row_indices(), t.values())
+        else:
+            return None
+        return {"layout": str(t.layout), "shape": list(t.shape), "parts": [walk(x) for x in parts]}
+
+    def quantizer(t: Any) -> dict[str, Any]:
+        import torch
+
+        q = t.qscheme()
+        if q in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            return {"qscheme": str(q), "scale": t.q_scale().hex(), "zero_point": t.q_zero_point()}
+        return {
+            "qscheme": str(q),
+            "scales": walk(t.q_per_channel_scales()),
+            "zero_points": walk(t.q_per_channel_zero_points()),
+            "axis": t.q_per_channel_axis(),
+        }
+
     def tensor(t: Any) -> dict[str, Any]:
+        parts = special(t)
+        if parts is not None:
+            parts["type"] = type(t).__name__
+            parts["requires_grad"] = t.requires_grad
+            parts["attrs"] = {k: walk(v) for k, v in sorted(vars(t).items())}
+            return parts
         s = t.untyped_storage()
         out = {
             "type": type(t).__name__,
@@ -40,6 +87,8 @@ def fingerprint(root: Any) -> Any:
             "storage_nbytes": s.nbytes(),
             "attrs": {k: walk(v) for k, v in sorted(vars(t).items())},
         }
+        if t.is_quantized:
+            out["quantizer"] = quantizer(t)
         if t.device.type == "meta":
             # A meta storage holds no data, and torch's own legacy loader does not even keep
             # its size consistent across views: only the tensor's own layout is meaningful.
@@ -66,6 +115,9 @@ def fingerprint(root: Any) -> Any:
 
         if isinstance(obj, torch.Tensor):
             return ["tensor", tensor(obj)]
+        if isinstance(obj, torch.storage.TypedStorage):
+            view = torch.empty((0,), dtype=torch.uint8).set_(obj._untyped_storage)
+            return [tname, str(obj.dtype), str(obj.device), walk(view)]
         if isinstance(obj, (bytes, bytearray)):
             return [tname, hashlib.sha256(obj).hexdigest(), len(obj)]
         if isinstance(obj, complex):

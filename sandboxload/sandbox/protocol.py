@@ -94,6 +94,19 @@ NODE_FIELDS = {
         "metadata",
         "attrs",
     ),
+    "qtensor": (
+        "storage_index",
+        "offset",
+        "size",
+        "stride",
+        "requires_grad",
+        "qparams_id",
+        "attrs",
+    ),
+    "sparse": ("layout", "data_id", "attrs"),
+    "nested": ("items", "attrs"),  # buffer, sizes, strides, storage offsets
+    "storage": ("storage_index",),  # a storage as a value (torch returns a TypedStorage)
+    "global": ("name",),  # a class or function torch's allowlist admits, as a value
     "meta_tensor": ("dtype", "size", "stride", "requires_grad"),
     "param": ("tensor_id", "requires_grad", "attrs"),
     "device_tensor": ("data_id", "dtype", "device", "requires_grad"),
@@ -120,15 +133,16 @@ DTYPE_SIZES = {
     "float8_e5m2": 1, "float8_e4m3fn": 1, "float8_e5m2fnuz": 1, "float8_e4m3fnuz": 1,
     "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
     "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
 }  # fmt: skip
+# Quantized dtypes: their storages hold only quantized tensors ("qtensor" nodes).
+QUANTIZED_DTYPES = ("qint8", "quint8", "qint32", "quint4x2", "quint2x4")
+# Packed quantized dtypes: elements per byte (their tensors are contiguous runs of bytes).
+PACKED_DTYPES = {"quint4x2": 2, "quint2x4": 4}
 
-# Dtypes torch's allowlist admits as values (a config naming one) that no tensor rebuilt
-# here holds yet: sub-byte integers and the quantized dtypes.
-VALUE_DTYPES = (
-    *(f"int{n}" for n in range(1, 8)),
-    *(f"uint{n}" for n in range(1, 8)),
-    "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
-)  # fmt: skip
+# Dtypes torch's allowlist admits as values (a config naming one) that no storage holds:
+# the sub-byte integers.
+VALUE_DTYPES = (*(f"int{n}" for n in range(1, 8)), *(f"uint{n}" for n in range(1, 8)))
 # Quantization schemes torch's allowlist admits as values.
 QSCHEMES = (
     "per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
@@ -142,4 +156,11 @@ STORAGE_DTYPES = {
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
     "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
     "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8",
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
 }  # fmt: skip
+# Legacy tensor types torch also names under torch.sparse / torch.cuda.sparse (labels only).
+SPARSE_TENSOR_TYPES = (
+    "DoubleTensor", "FloatTensor", "HalfTensor", "BFloat16Tensor", "LongTensor",
+    "IntTensor", "ShortTensor", "CharTensor", "ByteTensor",
+)  # fmt: skip

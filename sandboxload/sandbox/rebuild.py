@@ -26,11 +26,13 @@ import torch
 
 from ..errors import CorruptCheckpointError, SandboxLoadError, UnsafeGlobalError
 from ..maplocation import restore, untyped
-from . import rebuild_numpy
+from . import rebuild_numpy, rebuild_special
 from .budget import Budget
 from .protocol import (
     ALIGN,
     DTYPE_SIZES,
+    PACKED_DTYPES,
+    QUANTIZED_DTYPES,
     SHELLS,
     SOURCES,
     STORAGE_FIELDS,
@@ -45,6 +47,7 @@ _TORCH_DTYPES = {
 }
 # Layouts as torch.save spells them ("torch.strided"), the names _get_layout accepts.
 _TORCH_LAYOUTS = {str(v): v for v in vars(torch).values() if isinstance(v, torch.layout)}
+_TENSOR_KINDS = frozenset({"tensor", "qtensor", "sparse", "nested", "storage", "global"})
 _TORCH_QSCHEMES = {
     str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.qscheme)
 }
@@ -280,8 +283,8 @@ class Rebuilder:
         if kind == "qscheme":
             check(args[0] in _TORCH_QSCHEMES, "qscheme")
             return _TORCH_QSCHEMES[args[0]]
-        if kind == "tensor":
-            return self._tensor(args)
+        if kind in _TENSOR_KINDS:
+            return self._tensor_kind(kind, args)
         if kind == "meta_tensor":
             check(args[0] in DTYPE_SIZES and type(args[3]) is bool, "meta")
             size, stride = ints(args[1], "size"), ints(args[2], "stride")
@@ -309,6 +312,26 @@ class Rebuilder:
             )
         raise Invalid(f"node kind {kind!r} cannot appear here")
 
+    def _tensor_kind(self, kind: str, args: list[Any]) -> Any:
+        if kind == "tensor":
+            return self._tensor(args)
+        if kind == "qtensor":
+            return self._qtensor(args)
+        if kind == "sparse":
+            check(args[0] in _TORCH_LAYOUTS, "sparse layout")
+            t = rebuild_special.sparse(_TORCH_LAYOUTS[args[0]], self.ref(args[1]), self.budget.tick)
+            return self._set_attrs(t, args[2])
+        if kind == "nested":
+            check(isinstance(args[0], list), "nested tensor parts")
+            t = rebuild_special.nested([self.ref(x) for x in args[0]], self.budget.tick)
+            return self._set_attrs(t, args[1])
+        if kind == "storage":
+            storage, dtype = self._storage(args[0])
+            return rebuild_special.storage_value(storage, _TORCH_DTYPES[dtype])
+        if kind == "global":
+            return rebuild_special.global_value(args[0])
+        raise Invalid(f"node kind {kind!r}")
+
     def _memfd_bytes(self, offset: int, nbytes: int) -> bytes:
         """A copy of a memfd range for NumPy (which owns its bytes). All such copies of one
         load together stay within the memfd's size: a range named twice is paid once."""
@@ -318,24 +341,57 @@ class Rebuilder:
         view = torch.empty(0, dtype=torch.uint8).set_(self.sources["memfd"][0](), offset, (nbytes,))
         return view.numpy().tobytes()  # one memcpy (bytes(storage) went byte by byte)
 
-    def _tensor(self, args: list[Any]) -> torch.Tensor:
-        sid, offset, size, stride, requires_grad, dtype, metadata, attrs = args
+    def _storage(self, sid: Any) -> tuple[Any, str]:
+        check(type(sid) is int and 0 <= sid < len(self.storages), "storage reference")
+        storage, dtype, _, _ = self.storages[sid]
+        return storage, dtype
+
+    def _view(self, sid: Any, dtype: Any, offset: Any, size: Any, stride: Any) -> tuple:
+        """A view's fields, checked to lie inside storage ``sid`` at ``dtype``'s item size."""
         check(type(sid) is int and 0 <= sid < len(self.storages), "tensor storage")
         storage, _, nbytes, _ = self.storages[sid]
-        check(dtype in DTYPE_SIZES and type(requires_grad) is bool, "tensor dtype")
+        check(dtype in DTYPE_SIZES, "tensor dtype")
         offset = int_(offset, "storage offset")
         size, stride = ints(size, "size"), ints(stride, "stride")
         check(len(size) == len(stride), "size and stride differ in rank")
         numel = math.prod(size)
         check(numel <= MAX_ELEMENTS, "tensor too large")
-        if numel:
+        if dtype in PACKED_DTYPES:
+            # Kernels walk these as packed bytes from the offset, whatever the strides say.
+            check(stride == _contiguous(size), "packed quantized tensors are contiguous")
+            per = PACKED_DTYPES[dtype]
+            check(offset + -(-numel // per) <= nbytes, "tensor view outside its storage")
+        elif numel:
             last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
             check((last + 1) * DTYPE_SIZES[dtype] <= nbytes, "tensor view outside its storage")
-        t = torch.empty((0,), dtype=_TORCH_DTYPES[dtype], device=storage.device)
-        t.set_(storage, offset, size, stride)
+        return storage, offset, size, stride
+
+    def _grad(self, t: torch.Tensor, requires_grad: Any) -> None:
+        check(type(requires_grad) is bool, "requires_grad")
         if requires_grad:
             check(t.is_floating_point() or t.is_complex(), "requires_grad on an integer tensor")
             t.requires_grad_(True)
+
+    def _set_attrs(self, t: Any, attrs: Any) -> Any:
+        for k, v in self._attrs(attrs).items():
+            setattr(t, k, v)
+        return t
+
+    def _qtensor(self, args: list[Any]) -> torch.Tensor:
+        sid, offset, size, stride, requires_grad, qparams, attrs = args
+        _, dtype = self._storage(sid)
+        storage, offset, size, stride = self._view(sid, dtype, offset, size, stride)
+        t = rebuild_special.qtensor(storage, dtype, size, stride, offset, self.ref(qparams))
+        self._grad(t, requires_grad)
+        return self._set_attrs(t, attrs)
+
+    def _tensor(self, args: list[Any]) -> torch.Tensor:
+        sid, offset, size, stride, requires_grad, dtype, metadata, attrs = args
+        storage, offset, size, stride = self._view(sid, dtype, offset, size, stride)
+        check(dtype not in QUANTIZED_DTYPES, "a quantized storage holds quantized tensors only")
+        t = torch.empty((0,), dtype=_TORCH_DTYPES[dtype], device=storage.device)
+        t.set_(storage, offset, size, stride)
+        self._grad(t, requires_grad)
         check(isinstance(metadata, dict), "tensor metadata")
         if metadata:
             check(
@@ -344,9 +400,7 @@ class Rebuilder:
                 "tensor metadata",
             )
             torch._utils.set_tensor_metadata(t, metadata)
-        for k, v in self._attrs(attrs).items():
-            setattr(t, k, v)
-        return t
+        return self._set_attrs(t, attrs)
 
     def _device_tensor(self, args: list[Any]) -> torch.Tensor:
         check(args[1] in _TORCH_DTYPES and type(args[3]) is bool, "tensor")
@@ -368,6 +422,14 @@ class Rebuilder:
         t = data.to(dtype=dtype, device=target)
         t.requires_grad = args[3]
         return t
+
+
+def _contiguous(size: list[int]) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= max(n, 1)
+    return strides[::-1]
 
 
 def rebuild(description: Any, name: str, **kwargs: Any) -> Any:

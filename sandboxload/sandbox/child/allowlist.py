@@ -7,7 +7,14 @@ records validated arguments. Python 2 names are mapped by the unpickler first, a
 own ``find_class`` maps them (``_compat_pickle``), without importing anything.
 """
 
-from ..protocol import DTYPE_SIZES, QSCHEMES, STORAGE_DTYPES, VALUE_DTYPES
+from ..protocol import (
+    DTYPE_SIZES,
+    QSCHEMES,
+    QUANTIZED_DTYPES,
+    SPARSE_TENSOR_TYPES,
+    STORAGE_DTYPES,
+    VALUE_DTYPES,
+)
 from . import data_standins as d
 from . import torch_standins as t
 
@@ -47,17 +54,15 @@ ALLOWED: dict = {
     ),
     (_TORCH_UTILS, "_rebuild_device_tensor_from_numpy"): d.rebuild_device_tensor_from_numpy,
     (_TORCH_UTILS, "_rebuild_xla_tensor"): d.rebuild_device_tensor_from_numpy,
-    # recognised, and refused with a clear "not rebuilt yet"
-    (_TORCH_UTILS, "_rebuild_qtensor"): t.unsupported(f"{_TORCH_UTILS}._rebuild_qtensor"),
-    (_TORCH_UTILS, "_rebuild_sparse_tensor"): t.unsupported(
-        f"{_TORCH_UTILS}._rebuild_sparse_tensor"
-    ),
-    (_TORCH_UTILS, "_rebuild_nested_tensor"): t.unsupported(
-        f"{_TORCH_UTILS}._rebuild_nested_tensor"
-    ),
-    (_TORCH_UTILS, "_rebuild_wrapper_subclass"): t.unsupported(
-        f"{_TORCH_UTILS}._rebuild_wrapper_subclass"
-    ),
+    (_TORCH_UTILS, "_rebuild_qtensor"): t.rebuild_qtensor,
+    (_TORCH_UTILS, "_rebuild_sparse_tensor"): t.rebuild_sparse_tensor,
+    (_TORCH_UTILS, "_rebuild_nested_tensor"): t.rebuild_nested_tensor,
+    (_TORCH_UTILS, "_rebuild_wrapper_subclass"): t.rebuild_wrapper_subclass,
+    # torch's default safe globals (torch.serialization.get_safe_globals()): refused, typed
+    ("torch.nested._internal.nested_tensor", "_rebuild_njt"): t.rebuild_njt,
+    ("torch.nested._internal.nested_tensor", "NestedTensor"): t.GlobalRef(),
+    # torch admits the class, but no file can use it: a value only (see VALUE_NAMES)
+    ("torch.storage", "TypedStorage"): t.GlobalRef(),
     # numpy arrays, scalars and dtypes (numpy 1.x and 2.x module names)
     ("numpy", "ndarray"): d.NDArrayType,
     ("numpy", "dtype"): d.NPDType,
@@ -78,9 +83,22 @@ for _name in QSCHEMES:
     ALLOWED[("torch", _name)] = t.QScheme(_name)
 for _name, _dtype in STORAGE_DTYPES.items():
     _tag = _name.replace("Storage", "Tensor")
+    if _dtype in QUANTIZED_DTYPES:  # torch has no CUDA or tensor-type names for these
+        ALLOWED[("torch", _name)] = t.StorageType(_dtype)
+        continue
     for _module in ("torch", "torch.cuda"):
         ALLOWED[(_module, _name)] = t.StorageType(_dtype)
-        ALLOWED[(_module, _tag)] = t.TensorTypeTag(_tag)
+        ALLOWED[(_module, _tag)] = t.TensorTypeTag(f"{_module}.{_tag}")
+    if _tag in SPARSE_TENSOR_TYPES:
+        for _module in ("torch.sparse", "torch.cuda.sparse"):
+            ALLOWED[(_module, _tag)] = t.TensorTypeTag(f"{_module}.{_tag}")
+
+# A global that is itself the value (``{"cls": torch.FloatTensor}``): the stand-in's name,
+# which the parent looks up in torch's own allowlist. The first name of an alias wins.
+VALUE_NAMES: dict = {}
+for (_module, _name), _standin in ALLOWED.items():
+    if not isinstance(_standin, (t.DType, t.QScheme)):
+        VALUE_NAMES.setdefault(id(_standin), f"{_module}.{_name}")
 
 
 def admit_extra(dotted_names: tuple) -> None:

@@ -10,7 +10,8 @@ import math
 from ..protocol import NODE_FIELDS, SHELLS
 from . import data_standins as ds
 from . import torch_standins as ts
-from .errors import Malformed, Unsupported
+from .allowlist import VALUE_NAMES
+from .errors import Malformed
 
 
 class Describer:
@@ -91,6 +92,12 @@ class Describer:
         if isinstance(obj, (ts.TensorRef, ts.ParamRef)):
             extra = [obj.data] if isinstance(obj, ts.ParamRef) else []
             return extra + list(obj.attrs.values())
+        if t is ts.QTensorRef:
+            return [obj.qparams, *obj.attrs.values()]
+        if t is ts.SparseRef:
+            return [obj.data, *obj.attrs.values()]
+        if t is ts.NestedRef:
+            return [*obj.parts, *obj.attrs.values()]
         if isinstance(obj, ts.DeviceTensorRef):
             return [obj.data]
         if isinstance(obj, (ds.NDArray, ds.NPScalar)):
@@ -149,6 +156,21 @@ class Describer:
                 obj.metadata,
                 self._attrs(obj.attrs),
             ]
+        if t is ts.QTensorRef:
+            return [
+                "qtensor",
+                obj.storage.index,
+                obj.offset,
+                list(obj.size),
+                list(obj.stride),
+                obj.requires_grad,
+                self._ref(obj.qparams),
+                self._attrs(obj.attrs),
+            ]
+        if t is ts.SparseRef:
+            return ["sparse", obj.layout, self._ref(obj.data), self._attrs(obj.attrs)]
+        if t is ts.NestedRef:
+            return ["nested", [self._ref(p) for p in obj.parts], self._attrs(obj.attrs)]
         if t is ts.MetaTensorRef:
             return ["meta_tensor", obj.dtype, list(obj.size), list(obj.stride), obj.requires_grad]
         if t is ts.ParamRef:
@@ -187,7 +209,10 @@ class Describer:
             data = _b64(obj.data)
             return ["npscalar", self._ref(obj.dtype), data]
         if t is ts.StorageRef:
-            raise Unsupported("bare storage objects (save tensors instead)")
+            return ["storage", obj.index]
+        name = VALUE_NAMES.get(id(obj))
+        if name is not None:
+            return ["global", name]
         raise Malformed(f"the pickle produced an object of a kind that is not data ({t.__name__})")
 
 

@@ -43,6 +43,12 @@ class TensorTypeTag:
         self.name = name
 
 
+class GlobalRef:
+    """A global torch admits that only ever appears as a value (no file can call it)."""
+
+    __slots__ = ()
+
+
 class DType:
     __slots__ = ("name",)
 
@@ -108,6 +114,44 @@ class TensorRef:
         self.requires_grad = requires_grad
         self.dtype = dtype
         self.metadata = metadata
+        self.attrs: dict = {}
+
+
+class QTensorRef:
+    """A quantized tensor: a view of a quantized storage plus its quantizer parameters."""
+
+    __slots__ = ("attrs", "offset", "qparams", "requires_grad", "size", "storage", "stride")
+
+    def __init__(
+        self, storage: StorageRef, offset: int, size: tuple, stride: tuple, qparams: tuple, rg: bool
+    ) -> None:
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+        self.qparams = qparams
+        self.requires_grad = rg
+        self.attrs: dict = {}
+
+
+class SparseRef:
+    """A sparse tensor: its layout and the tuple of tensors and size torch saved."""
+
+    __slots__ = ("attrs", "data", "layout")
+
+    def __init__(self, layout: str, data: tuple) -> None:
+        self.layout = layout
+        self.data = data
+        self.attrs: dict = {}
+
+
+class NestedRef:
+    """A strided nested tensor: a buffer and the per-component sizes, strides and offsets."""
+
+    __slots__ = ("attrs", "parts")
+
+    def __init__(self, parts: tuple) -> None:
+        self.parts = parts
         self.attrs: dict = {}
 
 
@@ -200,9 +244,40 @@ def rebuild_tensor_v3(
     return _tensor(storage, storage_offset, size, stride, requires_grad, dtype.name, metadata)
 
 
+def rebuild_qtensor(
+    storage, storage_offset, size, stride, quantizer_params, requires_grad, backward_hooks
+):
+    _hooks_empty(backward_hooks)
+    need(isinstance(storage, StorageRef), "quantized tensor storage")
+    need(type(storage_offset) is int and type(requires_grad) is bool, "quantized tensor")
+    need(
+        type(quantizer_params) is tuple
+        and len(quantizer_params) in (3, 4)
+        and isinstance(quantizer_params[0], QScheme),
+        "quantizer parameters",
+    )
+    size, stride = ints(size, "tensor size"), ints(stride, "tensor stride")
+    return QTensorRef(storage, storage_offset, size, stride, quantizer_params, requires_grad)
+
+
+def rebuild_sparse_tensor(layout, data):
+    need(isinstance(layout, Layout), "sparse layout")
+    need(type(data) is tuple and len(data) in (3, 4), "sparse tensor data")
+    return SparseRef(layout.name, data)
+
+
+def rebuild_nested_tensor(buffer, sizes, strides, storage_offsets):
+    parts = (buffer, sizes, strides, storage_offsets)
+    need(all(isinstance(p, TensorRef) for p in parts), "nested tensor parts must be tensors")
+    return NestedRef(parts)
+
+
 def rebuild_parameter(data, requires_grad, backward_hooks):
     _hooks_empty(backward_hooks)
-    need(isinstance(data, (TensorRef, MetaTensorRef, DeviceTensorRef)), "parameter data")
+    need(
+        isinstance(data, (TensorRef, MetaTensorRef, DeviceTensorRef, *OTHER_TENSORS)),
+        "parameter data",
+    )
     need(type(requires_grad) is bool, "requires_grad must be a bool")
     return ParamRef(data, requires_grad)
 
@@ -248,8 +323,9 @@ def rebuild_from_type_v2(func, new_type, args, state):
     need(new_type in (TENSOR_CLASS, PARAMETER_CLASS), "tensor subclass")
     result = func(*args)
     if new_type is PARAMETER_CLASS and not isinstance(result, ParamRef):
-        result = ParamRef(result, True)
-    need(isinstance(result, (TensorRef, ParamRef)), "rebuilt tensor")
+        # torch: ``result.as_subclass(Parameter)``, which keeps requires_grad as it was
+        result = ParamRef(result, getattr(result, "requires_grad", False))
+    need(isinstance(result, (TensorRef, ParamRef, *OTHER_TENSORS)), "rebuilt tensor")
     result.attrs.update(_obj_state(state))
     return result
 
@@ -265,13 +341,18 @@ def rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad):
     return DeviceTensorRef(data, dtype.name, device, requires_grad)
 
 
-def unsupported(what: str):
-    """A rebuild function torch allows that is recognised but not rebuilt yet."""
+def rebuild_njt(*_args: object) -> None:
+    """torch's default safe globals admit jagged nested tensors; rebuilding one means running
+    NestedTensor's constructor on offsets nothing has checked, so they are refused."""
+    raise Unsupported(
+        "jagged nested tensors (layout=torch.jagged); save their values and offsets instead"
+    )
 
-    def stand_in(*_args: object) -> None:
-        raise Unsupported(f"{what} (quantized, sparse, nested or subclass tensors)")
 
-    return stand_in
+def rebuild_wrapper_subclass(cls, *_args: object) -> None:
+    """torch rebuilds a storage-less tensor subclass here; no class the allowlist admits is
+    one (torch itself fails on ``torch.Tensor``: it defines no ``__torch_dispatch__``)."""
+    raise Unsupported("tensor subclasses without storage (torch._utils._rebuild_wrapper_subclass)")
 
 
 def make_size(items=()):
@@ -284,7 +365,12 @@ def make_device(type_, index=None):
     return DeviceRef(type_, index)
 
 
+OTHER_TENSORS = (QTensorRef, SparseRef, NestedRef)
+
 REBUILDERS = {
+    rebuild_qtensor,
+    rebuild_sparse_tensor,
+    rebuild_nested_tensor,
     rebuild_tensor,
     rebuild_tensor_v2,
     rebuild_tensor_v3,

@@ -1,0 +1,161 @@
+"""The PNG plots (matplotlib, the ``bench`` extra): time and ratio over size and over
+tensor count, peak RSS over size and over count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from .report import ratio, value
+from .routes import BY_KEY, PAIRS, ROUTES
+
+Result = dict[str, Any]
+COLORS = {"default": "tab:blue", "mmap=True": "tab:orange", "safetensors": "tab:green"}
+DPI = 100
+
+
+def _x(point: Result) -> float:
+    if point["axis"] == "count":
+        return float(point["tensors"])
+    return float(point.get("file_mb", {}).get("pickle", point["mb"]))
+
+
+def _series(
+    points: list[Result], get: Callable[[Result], float | None]
+) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for p in points:
+        y = get(p)
+        if y is not None:
+            xs.append(_x(p))
+            ys.append(y)
+    return xs, ys
+
+
+def _times(ax: Axes, points: list[Result]) -> None:
+    for sandbox, baseline, name in PAIRS:
+        color = COLORS[name]
+        ax.plot(
+            *_series(points, lambda p, r=baseline: value(p, "warm", r)),
+            ls="--",
+            marker="o",
+            ms=3,
+            color=color,
+            label=BY_KEY[baseline].label,
+        )
+        ax.plot(
+            *_series(points, lambda p, r=sandbox: value(p, "warm", r)),
+            ls="-",
+            marker="o",
+            ms=4,
+            color=color,
+            label=BY_KEY[sandbox].label,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylabel("load time, warm (ms)")
+    ax.legend(fontsize=7)
+
+
+def _ratios(ax: Axes, points: list[Result]) -> None:
+    for sandbox, _, name in PAIRS:
+        for phase, ls in (("warm", "-"), ("cold", ":")):
+            ax.plot(
+                *_series(points, lambda p, r=sandbox, ph=phase: ratio(p, ph, r)),
+                ls=ls,
+                marker="o",
+                ms=3,
+                color=COLORS[name],
+                label=f"{name}, {phase}",
+            )
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylabel("sandboxload / the route it replaces")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _rss(ax: Axes, points: list[Result], field: str, title: str) -> None:
+    for r in ROUTES:
+        pair = next(name for s, b, name in PAIRS if r.key in (s, b))
+        ax.plot(
+            *_series(points, lambda p, k=r.key: value(p, "cold", k, field)),
+            ls="-" if r.baseline else "--",
+            marker="o",
+            ms=3,
+            color=COLORS[pair],
+            label=r.label,
+        )
+    ax.set_xscale("log")
+    ax.set_ylabel("peak RSS growth (MB)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _figure(path: Path, xlabel: str, title: str, draw: list[Callable[[Axes], None]]) -> Path:
+    fig, axes = plt.subplots(1, len(draw), figsize=(11, 4.2))
+    for ax, fn in zip(axes, draw, strict=True):
+        fn(ax)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.25)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def write(results: Result, out: Path) -> list[Path]:
+    points = results["points"]
+    size = [p for p in points if p["axis"] == "size"]
+    count = [p for p in points if p["axis"] == "count"]
+    plan = results["plan"]
+    n, mb = plan["size_tensors"], plan["count_mb"]
+    written = []
+    if size:
+        written.append(
+            _figure(
+                out / "time_vs_size.png",
+                "checkpoint size (MB)",
+                f"Load time over size ({n} tensors; dashed: torch / safetensors, solid: "
+                "sandboxload) and ratios (solid: warm, spare ready; dotted: cold)",
+                [lambda ax: _times(ax, size), lambda ax: _ratios(ax, size)],
+            )
+        )
+        written.append(
+            _figure(
+                out / "rss_vs_size.png",
+                "checkpoint size (MB)",
+                f"Peak RSS growth of the loading process over size ({n} tensors)",
+                [
+                    lambda ax: _rss(ax, size, "rss_mb", "at load"),
+                    lambda ax: _rss(ax, size, "touched_mb", "after reading every tensor"),
+                ],
+            )
+        )
+    if count:
+        written.append(
+            _figure(
+                out / "time_vs_count.png",
+                "tensors in the checkpoint",
+                f"Load time over tensor count ({mb:g} MB in all; dashed: torch / safetensors, "
+                "solid: sandboxload) and ratios (solid: warm; dotted: cold)",
+                [lambda ax: _times(ax, count), lambda ax: _ratios(ax, count)],
+            )
+        )
+        written.append(
+            _figure(
+                out / "rss_vs_count.png",
+                "tensors in the checkpoint",
+                f"Peak RSS growth of the loading process over tensor count ({mb:g} MB)",
+                [
+                    lambda ax: _rss(ax, count, "rss_mb", "at load"),
+                    lambda ax: _rss(ax, count, "touched_mb", "after reading every tensor"),
+                ],
+            )
+        )
+    return written

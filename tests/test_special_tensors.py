@@ -1,0 +1,150 @@
+"""Quantized, sparse and nested tensors from a hostile file: every bound torch takes on trust
+is checked before the tensor exists.
+
+torch.load(weights_only=True) loads a sparse tensor with out-of-range indices (it checks
+sparse invariants only when the caller enabled them): live below, without sandboxload; it
+becomes an out-of-bounds read or write the first time the tensor is used. Through
+sandboxload it is a CorruptCheckpointError that names the file, and the parent carries on.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import torch
+
+from sandboxload.errors import CorruptCheckpointError
+from sandboxload.patches import registry
+
+from .test_allowlist_parity import Call
+
+pytestmark = pytest.mark.usefixtures("sandboxed")
+
+
+def _save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _torch_load(path: Path) -> object:
+    return registry.original(registry.TORCH_LOAD)(path, weights_only=True)
+
+
+def _bad_coo() -> torch.Tensor:
+    return torch.sparse_coo_tensor(
+        torch.tensor([[0, 1000], [1, 2]]), torch.ones(2), (4, 6), check_invariants=False
+    )
+
+
+def _bad_csr() -> torch.Tensor:
+    return torch.sparse_csr_tensor(
+        torch.tensor([0, 1, 2]),
+        torch.tensor([0, 999]),
+        torch.ones(2),
+        (2, 3),
+        check_invariants=False,
+    )
+
+
+def _bad_nested() -> Call:
+    return Call(
+        torch._utils._rebuild_nested_tensor,
+        torch.arange(6.0),
+        torch.tensor([[2], [4096]]),
+        torch.tensor([[1], [1]]),
+        torch.tensor([0, 2]),
+    )
+
+
+LIVE = {"coo": _bad_coo, "csr": _bad_csr}
+
+
+@pytest.mark.parametrize("case", list(LIVE))
+def test_out_of_bounds_layouts_load_in_torch_and_are_refused(tmp_path: Path, case: str) -> None:
+    path = _save(LIVE[case](), tmp_path / f"{case}.pt")
+    loaded = _torch_load(path)  # live: torch hands back a tensor that points outside itself
+    assert isinstance(loaded, torch.Tensor)
+    if case == "coo":
+        assert int(loaded._indices().max()) >= loaded.shape[0]
+    else:
+        assert int(loaded.col_indices().max()) >= loaded.shape[1]
+    with pytest.raises(CorruptCheckpointError) as info:
+        torch.load(path)
+    assert str(path) in str(info.value)
+    assert torch.load(_save({"ok": torch.ones(2).to_sparse()}, tmp_path / "ok.pt"))["ok"].is_sparse
+
+
+def test_a_nested_component_past_its_buffer_is_refused_before_torch_sees_it(
+    tmp_path: Path,
+) -> None:
+    path = _save(_bad_nested(), tmp_path / "nested.pt")
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        _torch_load(path)  # torch bounds these itself
+    with pytest.raises(CorruptCheckpointError, match="runs past its buffer"):
+        torch.load(path)
+
+
+def _qstorage(dtype: torch.dtype = torch.qint8, n: int = 8) -> object:
+    return torch.quantize_per_tensor(torch.arange(float(n)), 0.5, 1, dtype).storage()
+
+
+def _qcall(storage: object, size: tuple, stride: tuple, qparams: tuple, offset: int = 0) -> Call:
+    return Call(
+        torch._utils._rebuild_qtensor,
+        storage,
+        offset,
+        size,
+        stride,
+        qparams,
+        False,
+        collections.OrderedDict(),
+    )
+
+
+HOSTILE_Q = {
+    "past_storage": lambda: _qcall(_qstorage(), (100,), (1,), (torch.per_tensor_affine, 0.1, 0)),
+    "offset_past": lambda: _qcall(
+        _qstorage(), (4,), (1,), (torch.per_tensor_affine, 0.1, 0), offset=6
+    ),
+    "packed_strided": lambda: _qcall(
+        _qstorage(torch.quint4x2), (2, 4), (1, 2), (torch.per_tensor_affine, 0.1, 0)
+    ),
+    "packed_past": lambda: _qcall(
+        _qstorage(torch.quint4x2), (40,), (1,), (torch.per_tensor_affine, 0.1, 0)
+    ),
+    "axis": lambda: _qcall(
+        _qstorage(),
+        (2, 4),
+        (4, 1),
+        (torch.per_channel_affine, torch.ones(2, dtype=torch.double), torch.zeros(2), 5),
+    ),
+    "channels": lambda: _qcall(
+        _qstorage(),
+        (2, 4),
+        (4, 1),
+        (torch.per_channel_affine, torch.ones(3, dtype=torch.double), torch.zeros(3), 0),
+    ),
+    "scheme": lambda: _qcall(_qstorage(), (8,), (1,), (torch.per_tensor_symmetric, 0.1, 0)),
+    "plain_view_of_quantized": lambda: Call(
+        torch._utils._rebuild_tensor_v2, _qstorage(), 0, (8,), (1,), False, {}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_Q))
+def test_hostile_quantized_tensors_are_refused(tmp_path: Path, case: str) -> None:
+    path = _save(HOSTILE_Q[case](), tmp_path / f"{case}.pt")
+    with pytest.raises(CorruptCheckpointError) as info:
+        torch.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_coalesced_claim_is_checked(tmp_path: Path) -> None:
+    dup = torch.sparse_coo_tensor(
+        torch.tensor([[1, 1], [2, 2]]), torch.ones(2), (4, 6), is_coalesced=True
+    )
+    path = _save(dup, tmp_path / "dup.pt")
+    with pytest.raises(CorruptCheckpointError):
+        torch.load(path)
