@@ -12,4 +12,5 @@ echo "== infinity stack: $(.venv-infinity/bin/python -c 'import transformers as 
 # The security tests that touch the Hugging Face stack or the process as a whole run again here.
 exec .venv-infinity/bin/python -m pytest -p no:cacheprovider tests/test_hf.py tests/test_remote_code.py \
   tests/test_special_files.py tests/test_description.py tests/test_changing_files.py \
-  tests/test_faults.py tests/test_pin_origins.py tests/test_load.py tests/test_infinity.py "$@"
+  tests/test_faults.py tests/test_pin_origins.py tests/test_load.py tests/test_infinity.py \
+  tests/test_allowlist_parity.py tests/test_special_tensors.py tests/test_sandbox_parity.py "$@"

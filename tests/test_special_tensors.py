@@ -148,3 +148,57 @@ def test_a_coalesced_claim_is_checked(tmp_path: Path) -> None:
     path = _save(dup, tmp_path / "dup.pt")
     with pytest.raises(CorruptCheckpointError):
         torch.load(path)
+
+
+# --- the parent, given a hostile description directly (a compromised child) ---------------
+
+QSTORE = [["qint8", 64, "file", 0, "cpu", None]]
+HOSTILE_NODES = {
+    "global outside torch's table": ([["global", "os.system"]], []),
+    "global not a string": ([["global", ["torch", "Size"]]], []),
+    "storage index": ([["storage", 3]], QSTORE),
+    "qparams not a tuple": (
+        [
+            ["qscheme", "per_tensor_affine"],
+            ["list", [0]],
+            ["qtensor", 0, 0, [4], [1], False, 1, {}],
+        ],
+        QSTORE,
+    ),
+    "qtensor over a float storage": (
+        [
+            ["qscheme", "per_tensor_affine"],
+            ["float", 0.5],
+            ["int", 0],
+            ["tuple", [0, 1, 2]],
+            ["qtensor", 0, 0, [4], [1], False, 3, {}],
+        ],
+        [["float32", 64, "file", 0, "cpu", None]],
+    ),
+    "qtensor zero point not an int": (
+        [
+            ["qscheme", "per_tensor_affine"],
+            ["float", 0.5],
+            ["float", 0.5],
+            ["tuple", [0, 1, 2]],
+            ["qtensor", 0, 0, [4], [1], False, 3, {}],
+        ],
+        QSTORE,
+    ),
+    "sparse layout": ([["tuple", []], ["sparse", "torch.jagged", 0, {}]], []),
+    "sparse data not tensors": (
+        [["int", 1], ["size", [2]], ["tuple", [0, 0, 1]], ["sparse", "torch.sparse_coo", 2, {}]],
+        [],
+    ),
+    "nested parts": ([["nested", [0, 0], {}]], []),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_NODES))
+def test_hostile_descriptions_of_special_values_are_refused(case: str) -> None:
+    from .helpers import rebuild_over
+
+    nodes, storages = HOSTILE_NODES[case]
+    description = {"version": 1, "root": len(nodes) - 1, "nodes": nodes, "storages": storages}
+    with pytest.raises(CorruptCheckpointError):
+        rebuild_over(description, bytes(range(256)), name="/m/hostile.pt")

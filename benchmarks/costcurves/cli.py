@@ -224,13 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         "quick": opts.quick,
         "plan": asdict(plan),
     }
-    log(f"sandboxload {results['meta']['sandboxload']}; writing to {out}")
+    meta = results["meta"]
+    log(f"sandboxload {meta['sandboxload']}; load average {meta['loadavg_start']}; to {out}")
+    if meta["loadavg_start"][0] > 0.5 * (meta["cores"] or 1):
+        log("the machine is busy: numbers will be noisy (ratios less so: runs are interleaved)")
     results["startup"] = startup_rows(plan, log)
     with tempfile.TemporaryDirectory(prefix="sandboxload-bench-", dir=opts.scratch) as tmp:
         scratch = Path(tmp)
         results["points"] = [measure_point(p, plan, scratch, log) for p in plan.points()]
         results["hf"] = hf_rows(plan, scratch, opts, log)
     results["elapsed_s"] = round(time.monotonic() - log.start, 1)
+    results["meta"]["loadavg_end"] = machine.load_average()
     out.mkdir(parents=True, exist_ok=True)
     plots = report.write_plots(results, out)
     if plots is None:

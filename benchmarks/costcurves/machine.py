@@ -84,4 +84,10 @@ def collect() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "versions": _versions(),
         "sandboxload": sandboxload_tree(),
+        "loadavg_start": load_average(),
     }
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine skews every number."""
+    return [round(x, 2) for x in os.getloadavg()]

@@ -9,6 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from .report import ratio, value
 from .routes import BY_KEY, PAIRS, ROUTES
@@ -36,6 +37,15 @@ def _series(
     return xs, ys
 
 
+def _log(ax: Axes, x: bool = True, y: bool = True) -> None:
+    """Log scale with ticks at 1, 2, 5 x 10^n, labelled as plain numbers."""
+    axes = [a for a, on in ((ax.xaxis, x), (ax.yaxis, y)) if on]
+    for axis in axes:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+
+
 def _times(ax: Axes, points: list[Result]) -> None:
     for sandbox, baseline, name in PAIRS:
         color = COLORS[name]
@@ -57,7 +67,9 @@ def _times(ax: Axes, points: list[Result]) -> None:
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylabel("load time, warm (ms)")
+    _log(ax)
+    ax.set_ylabel("load time (ms)")
+    ax.set_title("warm; dashed: torch / safetensors, solid: sandboxload", fontsize=9)
     ax.legend(fontsize=7)
 
 
@@ -75,7 +87,9 @@ def _ratios(ax: Axes, points: list[Result]) -> None:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log(ax)
     ax.set_ylabel("sandboxload / the route it replaces")
+    ax.set_title("ratio; solid: warm (spare ready), dotted: cold (fresh process)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
 
 
@@ -91,6 +105,7 @@ def _rss(ax: Axes, points: list[Result], field: str, title: str) -> None:
             label=r.label,
         )
     ax.set_xscale("log")
+    _log(ax, y=False)
     ax.set_ylabel("peak RSS growth (MB)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -121,8 +136,7 @@ def write(results: Result, out: Path) -> list[Path]:
             _figure(
                 out / "time_vs_size.png",
                 "checkpoint size (MB)",
-                f"Load time over size ({n} tensors; dashed: torch / safetensors, solid: "
-                "sandboxload) and ratios (solid: warm, spare ready; dotted: cold)",
+                f"Load time over checkpoint size ({n} float32 tensors)",
                 [lambda ax: _times(ax, size), lambda ax: _ratios(ax, size)],
             )
         )
@@ -142,8 +156,7 @@ def write(results: Result, out: Path) -> list[Path]:
             _figure(
                 out / "time_vs_count.png",
                 "tensors in the checkpoint",
-                f"Load time over tensor count ({mb:g} MB in all; dashed: torch / safetensors, "
-                "solid: sandboxload) and ratios (solid: warm; dotted: cold)",
+                f"Load time over tensor count ({mb:g} MB of float32 in all)",
                 [lambda ax: _times(ax, count), lambda ax: _ratios(ax, count)],
             )
         )

@@ -54,7 +54,7 @@ def time_table(points: list[Result], phase: str, first: str) -> str:
     """Milliseconds of each route and each sandboxload route's ratio, one row per point."""
     header = [first]
     for sandbox, baseline, _ in PAIRS:
-        header += [f"`{BY_KEY[baseline].label}`", f"{BY_KEY[sandbox].label}", "ratio"]
+        header += [BY_KEY[baseline].short, BY_KEY[sandbox].short, "ratio"]
     rows = []
     for p in points:
         row = [_axis_cell(p)]
@@ -71,7 +71,7 @@ def time_table(points: list[Result], phase: str, first: str) -> str:
 def rss_table(points: list[Result], field: str, first: str) -> str:
     """Peak RSS growth (MB) of the loading process per route; sandboxload's worker's peak in
     parentheses."""
-    header = [first] + [r.label for r in ROUTES]
+    header = [first] + [r.short for r in ROUTES]
     rows = []
     for p in points:
         row = [_axis_cell(p)]
@@ -149,15 +149,20 @@ def _machine(results: Result) -> str:
         f"(shmem huge pages: `{m['shmem_thp']}`); Python {m['python']}, torch "
         f"{v['torch']}, safetensors {v['safetensors']}, transformers {v['transformers']}, "
         f"sentence-transformers {v['sentence-transformers']}; sandboxload {m['sandboxload']}."
-        f"{infinity}\n"
+        f"{infinity} Load average (1, 5, 15 min) {m['loadavg_start']} at the start, "
+        f"{m.get('loadavg_end')} at the end.\n"
     )
 
 
 HOW_TO_READ = """\
 Every ratio is sandboxload's route over the route it replaces, measured in the same run:
-the patched `torch.load` (tensors own their memory) over `torch.load(weights_only=True)`,
-`torch.load(mmap=True)` under sandboxload over `torch.load(weights_only=True, mmap=True)`,
-and the patched `safetensors.torch.load_file` over safetensors' own. The page cache is warm
+**sandboxload** (the patched `torch.load`: parsed in the confined worker, tensors own their
+memory) over **torch** (`torch.load(weights_only=True)`); **sandboxload mmap** (the patched
+`torch.load(mmap=True)`: tensors map the file) over **torch mmap**
+(`torch.load(weights_only=True, mmap=True)`); and **sandboxload load_file** (the patched
+`safetensors.torch.load_file`: header checked, then mapped) over safetensors' own
+**load_file**. Pickle files are written by `torch.save`, safetensors files by
+`safetensors.torch.save_file`, from the same random float32 tensors. The page cache is warm
 throughout (each file is written and flushed before it is measured).
 
 - **warm**: median of {warm} interleaved loads per route in one process, sandboxload active

@@ -17,8 +17,6 @@ import argparse
 import base64
 import collections
 import importlib
-import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,17 +27,14 @@ from ..maplocation import restore, untyped
 from . import rebuild_numpy, rebuild_special
 from .budget import Budget
 from .protocol import (
-    ALIGN,
     DTYPE_SIZES,
-    PACKED_DTYPES,
     QUANTIZED_DTYPES,
     SHELLS,
-    SOURCES,
-    STORAGE_FIELDS,
     TENSOR_METADATA_KEYS,
     VERSION,
 )
-from .validate import MAX_ELEMENTS, Invalid, check, float_, int_, ints, node_fields, str_
+from .rebuild_storages import Storages
+from .validate import Invalid, check, float_, int_, ints, node_fields, str_
 
 # Fixed table: dtype name -> torch.dtype (nothing is looked up by a name the file chose).
 _TORCH_DTYPES = {
@@ -70,61 +65,12 @@ class Rebuilder:
         self.map_location = map_location
         self.sources = {"file": (file_storage, file_size), "memfd": (memfd_storage, memfd_size)}
         self.extra_globals = extra_globals
-        # (untyped storage, dtype, nbytes, is a view)
-        self.storages: list[tuple[Any, str, int, bool]] = []
+        self.storages = Storages(self.sources, self.budget, self._restore)
         self.objects: list[Any] = []
         self.memfd_copied = 0  # bytes copied out of the memfd for NumPy arrays
 
-    # --- storages -------------------------------------------------------------------------
-
     def _restore(self, storage: Any, location: str) -> Any:
         return untyped(restore(storage, location, self.map_location))
-
-    def build_storages(self, entries: Any) -> None:
-        """One torch storage per entry. File and memfd ranges must be aligned as torch and
-        the child align them, and may not overlap (two tensors never alias unless the pickle
-        shared them, which it says with a view of an earlier storage)."""
-        check(isinstance(entries, list), "storages must be a list")
-        # Every storage costs the pickle at least one byte (its persistent id).
-        check(len(entries) <= self.sources["file"][1] + 64, "more storages than file bytes")
-        ranges: dict[str, list[tuple[int, int]]] = {"file": [], "memfd": []}
-        for index, entry in enumerate(entries):
-            self.budget.tick()
-            check(isinstance(entry, list) and len(entry) == len(STORAGE_FIELDS), "storage entry")
-            dtype, nbytes, source, offset, location, base = entry
-            check(dtype in DTYPE_SIZES, "storage dtype")
-            check(source in SOURCES, "storage source")
-            location = str_(location, "storage location", 64)
-            if source == "view":
-                self.storages.append(self._view(index, dtype, nbytes, offset, base))
-                continue
-            check(base is None, "only a view has a base storage")
-            getter, limit = self.sources[source]
-            nbytes = int_(nbytes, "storage size", 0, limit)
-            offset = int_(offset, "storage offset", 0, limit)
-            check(offset + nbytes <= limit, "storage lies outside its source")
-            check(nbytes % DTYPE_SIZES[dtype] == 0, "storage size is not whole elements")
-            if nbytes:
-                check(offset % ALIGN == 0, f"storage at {offset} is not {ALIGN}-byte aligned")
-                ranges[source].append((offset, offset + nbytes))
-            storage = getter()[offset : offset + nbytes] if nbytes else torch.UntypedStorage(0)
-            self.storages.append((self._restore(storage, location), dtype, nbytes, False))
-        for spans in ranges.values():
-            spans.sort()
-            for (_, end), (start, _) in itertools.pairwise(spans):
-                check(start >= end, "two storages overlap: every storage has its own record")
-
-    def _view(self, index: int, dtype: str, nbytes: Any, offset: Any, base: Any) -> Any:
-        check(type(base) is int and 0 <= base < index, "a view names an earlier storage")
-        storage, _, base_nbytes, is_view = self.storages[base]
-        check(not is_view, "a view names a base storage, not another view")
-        nbytes = int_(nbytes, "view size", 0, base_nbytes)
-        offset = int_(offset, "view offset", 0, base_nbytes)
-        check(offset + nbytes <= base_nbytes, "view runs past its base storage")
-        check(nbytes % DTYPE_SIZES[dtype] == 0, "view size is not whole elements")
-        if storage.device.type == "meta":  # meta storages have no bytes to share
-            return torch.UntypedStorage(nbytes, device="meta"), dtype, nbytes, True
-        return storage[offset : offset + nbytes], dtype, nbytes, True
 
     # --- nodes ----------------------------------------------------------------------------
 
@@ -135,7 +81,7 @@ class Rebuilder:
         check(isinstance(nodes, list) and nodes, "nodes must be a non-empty list")
         # Every object costs the pickle at least one opcode byte.
         check(len(nodes) <= self.sources["file"][1] + 64, "more objects than the file has bytes")
-        self.build_storages(description.get("storages"))
+        self.storages.build(description.get("storages"))
         self.nodes = nodes
         # Pass 1: shells first, so later nodes (and cycles) can point at them.
         self.objects = [None] * len(nodes)
@@ -326,7 +272,7 @@ class Rebuilder:
             t = rebuild_special.nested([self.ref(x) for x in args[0]], self.budget.tick)
             return self._set_attrs(t, args[1])
         if kind == "storage":
-            storage, dtype = self._storage(args[0])
+            storage, dtype = self.storages.get(args[0])
             return rebuild_special.storage_value(storage, _TORCH_DTYPES[dtype])
         if kind == "global":
             return rebuild_special.global_value(args[0])
@@ -341,31 +287,6 @@ class Rebuilder:
         view = torch.empty(0, dtype=torch.uint8).set_(self.sources["memfd"][0](), offset, (nbytes,))
         return view.numpy().tobytes()  # one memcpy (bytes(storage) went byte by byte)
 
-    def _storage(self, sid: Any) -> tuple[Any, str]:
-        check(type(sid) is int and 0 <= sid < len(self.storages), "storage reference")
-        storage, dtype, _, _ = self.storages[sid]
-        return storage, dtype
-
-    def _view(self, sid: Any, dtype: Any, offset: Any, size: Any, stride: Any) -> tuple:
-        """A view's fields, checked to lie inside storage ``sid`` at ``dtype``'s item size."""
-        check(type(sid) is int and 0 <= sid < len(self.storages), "tensor storage")
-        storage, _, nbytes, _ = self.storages[sid]
-        check(dtype in DTYPE_SIZES, "tensor dtype")
-        offset = int_(offset, "storage offset")
-        size, stride = ints(size, "size"), ints(stride, "stride")
-        check(len(size) == len(stride), "size and stride differ in rank")
-        numel = math.prod(size)
-        check(numel <= MAX_ELEMENTS, "tensor too large")
-        if dtype in PACKED_DTYPES:
-            # Kernels walk these as packed bytes from the offset, whatever the strides say.
-            check(stride == _contiguous(size), "packed quantized tensors are contiguous")
-            per = PACKED_DTYPES[dtype]
-            check(offset + -(-numel // per) <= nbytes, "tensor view outside its storage")
-        elif numel:
-            last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-            check((last + 1) * DTYPE_SIZES[dtype] <= nbytes, "tensor view outside its storage")
-        return storage, offset, size, stride
-
     def _grad(self, t: torch.Tensor, requires_grad: Any) -> None:
         check(type(requires_grad) is bool, "requires_grad")
         if requires_grad:
@@ -379,15 +300,15 @@ class Rebuilder:
 
     def _qtensor(self, args: list[Any]) -> torch.Tensor:
         sid, offset, size, stride, requires_grad, qparams, attrs = args
-        _, dtype = self._storage(sid)
-        storage, offset, size, stride = self._view(sid, dtype, offset, size, stride)
+        _, dtype = self.storages.get(sid)
+        storage, offset, size, stride = self.storages.bounded_view(sid, dtype, offset, size, stride)
         t = rebuild_special.qtensor(storage, dtype, size, stride, offset, self.ref(qparams))
         self._grad(t, requires_grad)
         return self._set_attrs(t, attrs)
 
     def _tensor(self, args: list[Any]) -> torch.Tensor:
         sid, offset, size, stride, requires_grad, dtype, metadata, attrs = args
-        storage, offset, size, stride = self._view(sid, dtype, offset, size, stride)
+        storage, offset, size, stride = self.storages.bounded_view(sid, dtype, offset, size, stride)
         check(dtype not in QUANTIZED_DTYPES, "a quantized storage holds quantized tensors only")
         t = torch.empty((0,), dtype=_TORCH_DTYPES[dtype], device=storage.device)
         t.set_(storage, offset, size, stride)
@@ -422,14 +343,6 @@ class Rebuilder:
         t = data.to(dtype=dtype, device=target)
         t.requires_grad = args[3]
         return t
-
-
-def _contiguous(size: list[int]) -> list[int]:
-    strides, step = [], 1
-    for n in reversed(size):
-        strides.append(step)
-        step *= max(n, 1)
-    return strides[::-1]
 
 
 def rebuild(description: Any, name: str, **kwargs: Any) -> Any:
