@@ -19,7 +19,6 @@ from typing import IO, Any
 
 from . import audit, formats, modelfolder, origins, pinning, policy, routes
 from .errors import (
-    CorruptCheckpointError,
     HashMismatchError,
     InvalidSafetensorsError,
     UnpinnedFileError,
@@ -199,28 +198,35 @@ def torch_load(
 
 
 def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
-    """The sandbox route. Tensors own their memory, as torch.load's do: the file is read once
-    into a sealed snapshot, which the child parses and the tensors are built from -- unless
-    the caller asked for a mapping (``mmap=True``, as torch maps) or for no data at all
-    (``map_location="meta"``), when the file itself is used."""
+    """The sandbox route. Tensors own their memory, as torch.load's do: a file is read into
+    memory of this process while the child parses it (in-memory bytes go to the child as a
+    sealed memfd) -- unless the caller asked for a mapping (``mmap=True``, as torch maps) or
+    for no data at all (``map_location="meta"``), when the file itself is mapped."""
     from .sandbox import memfds
     from .sandbox.client import setup_errors
     from .sandbox.load import load
 
     src, reader = a.src, a.route.reader
     assert reader is not None
-    if src.fd is not None and (mmap or _is_meta(map_location)):
-        return load(src.fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
+    if src.fd is not None:
+        if mmap or _is_meta(map_location):
+            return load(src.fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
+        fd = src.fd
+        return load(
+            fd,
+            src.size,
+            reader,
+            src.name,
+            a.pol,
+            map_location,
+            file_id=a.file_id,
+            unchanged=lambda: identity(fd) == a.file_id,  # written since the pin: refused
+        )
+    assert src.data is not None
     with setup_errors(src.name):
-        if src.data is not None:
-            fd = memfds.from_bytes(src.data)
-        else:
-            fd = memfds.snapshot(src.fd, src.size, src.name)
-    if src.fd is not None and identity(src.fd) != a.file_id:  # written since the pin
-        os.close(fd)
-        raise CorruptCheckpointError(src.name, "the file changed while it was being loaded")
+        fd = memfds.from_bytes(src.data)
     try:
-        return load(fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
+        return load(fd, src.size, reader, src.name, a.pol, map_location)
     finally:
         os.close(fd)
 

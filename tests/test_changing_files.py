@@ -67,38 +67,40 @@ def test_only_mmap_true_maps_the_file(sandboxed: None, tmp_path: Path) -> None:
     assert torch.equal(owned["w"], mapped["w"])
 
 
+@pytest.mark.parametrize("form", ["zip", "legacy"])
 def test_a_file_written_during_the_load_is_refused(
-    sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 ) -> None:
-    """A write between the sniff (and pin) and the snapshot: the bytes read might not be the
-    bytes that were checked, so the load is refused."""
-    from sandboxload.sandbox import memfds
+    """A write between the sniff (and pin) and the end of the read: the bytes read might not
+    be the bytes that were checked, so the load is refused."""
+    from sandboxload.sandbox import client
 
     path = tmp_path / "w.pt"
-    torch.save({"w": torch.ones(3)}, path)
-    real = memfds.snapshot
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=form == "zip")
+    real = client.run
 
-    def racing(fd: int, size: int, name: str) -> int:
-        snap = real(fd, size, name)
+    def racing(*args: object, **kwargs: object) -> object:
+        parsed = real(*args, **kwargs)
         with open(path, "ab") as f:  # someone appends while we read
             f.write(b"\0")
-        return snap
+        return parsed
 
-    monkeypatch.setattr(memfds, "snapshot", racing)
+    monkeypatch.setattr(client, "run", racing)
     with pytest.raises(CorruptCheckpointError, match="changed while"):
         torch.load(path)
-    monkeypatch.setattr(memfds, "snapshot", real)
+    monkeypatch.setattr(client, "run", real)
     assert torch.equal(torch.load(path)["w"], torch.ones(3))  # then it loads as written
     assert not _snapshots_open()
+    assert _maps_of(path) == []  # the tensors own their memory; nothing maps the file
 
 
 def _snapshots_open() -> list[str]:
-    """Snapshot memfds open in this process (a descriptor another thread closes while the
+    """sandboxload's memfds open in this process (a descriptor another thread closes while the
     directory is read is skipped, not an error)."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith("/memfd:sandboxload-snapshot"):
+            if link.startswith("/memfd:sandboxload"):
                 found.append(link)
     return found

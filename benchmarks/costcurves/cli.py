@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         results["points"] = [measure_point(p, plan, scratch, log) for p in plan.points()]
         results["hf"] = hf_rows(plan, scratch, opts, log)
     results["elapsed_s"] = round(time.monotonic() - log.start, 1)
-    results["meta"]["loadavg_end"] = machine.load_average()
+    meta["loadavg_end"] = machine.load_average()
+    meta["source_changed"] = machine.source_digest() != meta["source_digest"]
+    if meta["source_changed"]:
+        log("sandboxload's source changed during the run: the numbers mix two versions")
     out.mkdir(parents=True, exist_ok=True)
     plots = report.write_plots(results, out)
     if plots is None:

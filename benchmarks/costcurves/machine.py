@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -58,6 +60,17 @@ def sandboxload_tree() -> str:
     return f"{commit} + uncommitted changes in sandboxload/" if dirty else commit
 
 
+def source_digest() -> str:
+    """A digest of sandboxload's source as it is now (an editable install measures whatever
+    is on disk): compared at the start and the end of a run."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "sandboxload").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0")
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def infinity_versions(python: Path) -> dict[str, str]:
     """transformers and sentence-transformers of the venv infinity runs in."""
     code = (
@@ -84,6 +97,7 @@ def collect() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "versions": _versions(),
         "sandboxload": sandboxload_tree(),
+        "source_digest": source_digest(),
         "loadavg_start": load_average(),
     }
 

@@ -150,7 +150,13 @@ def _machine(results: Result) -> str:
         f"{v['torch']}, safetensors {v['safetensors']}, transformers {v['transformers']}, "
         f"sentence-transformers {v['sentence-transformers']}; sandboxload {m['sandboxload']}."
         f"{infinity} Load average (1, 5, 15 min) {m['loadavg_start']} at the start, "
-        f"{m.get('loadavg_end')} at the end.\n"
+        f"{m.get('loadavg_end')} at the end."
+        + (
+            " **sandboxload's source changed during this run**: the numbers mix versions."
+            if m.get("source_changed")
+            else ""
+        )
+        + "\n"
     )
 
 

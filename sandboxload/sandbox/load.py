@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
+from ..errors import CorruptCheckpointError
 from ..fileid import LRU, FileId
 from ..policy import Policy
 from . import client
+from .owned import OwnedCopy
+from .protocol import READ_ZIP
 from .rebuild import rebuild
 
 MIB = 1 << 20
@@ -99,9 +102,15 @@ def load(
     map_location: Any,
     probe: str | None = None,
     file_id: FileId | None = None,
+    unchanged: Callable[[], bool] | None = None,
 ) -> Any:
     """Parse in the sandbox, then validate and build in this process, from ``fd`` (the file
-    itself, or a sealed snapshot of it whose source file had identity ``file_id``).
+    itself, with identity ``file_id``, or a sealed memfd of in-memory bytes).
+
+    With ``unchanged`` (the route without ``mmap=True``, for a regular file), tensors own
+    their memory: the file is read into it while the child parses (:mod:`owned`), and
+    ``unchanged()`` must still hold once both are done -- the file is the one admitted (and
+    pinned), not written meanwhile -- or the load fails.
 
     The whole load -- the child's parse and this process's rebuild -- ends within the
     policy's timeout. A zip checkpoint whose storages are all ranges of the file itself (the
@@ -112,30 +121,27 @@ def load(
     deadline = time.monotonic() + pol.timeout
     extra = extra_globals(pol)  # once: the child, the cache key and the rebuild agree
     key = None if file_id is None or probe else (file_id, reader, extra)
-    kept = _kept.get(key) if key is not None else None
-    if kept is not None:
-        try:
-            description = json.loads(kept)
-        except (ValueError, RecursionError):  # never expected: parse the file afresh
-            description = None
-        if description is not None:
-            return _build(description, fd, size, None, 0, name, pol, map_location, deadline, extra)
-    parsed = client.run(fd, size, reader, name, limits(pol, size, deadline, extra), probe=probe)
+    copy = OwnedCopy(fd, size, name) if unchanged is not None and reader == READ_ZIP else None
+    file = _file_storage(fd, size, name, copy, unchanged is not None)
     try:
-        result = _build(
-            parsed.description,
-            fd,
-            size,
-            parsed.memfd,
-            parsed.memfd_capacity,
-            name,
-            pol,
-            map_location,
-            deadline,
-            extra,
-        )
+        description, parsed = _kept_description(key), None
+        if description is None:
+            lim = limits(pol, size, deadline, extra)
+            parsed = client.run(fd, size, reader, name, lim, probe=probe)
+            description = parsed.description
     finally:
-        os.close(parsed.memfd)
+        if copy is not None:
+            copy.wait()  # never leave a thread writing behind an error
+    try:
+        if unchanged is not None and not unchanged():  # the bytes read are not those admitted
+            raise CorruptCheckpointError(name, "the file changed while it was being loaded")
+        memfd = (parsed.memfd, parsed.memfd_capacity) if parsed is not None else None
+        result = _build(description, file, memfd, name, pol, map_location, deadline, extra)
+    finally:
+        if parsed is not None:
+            os.close(parsed.memfd)
+    if parsed is None:
+        return result
     if (
         key is not None
         and parsed.answer_bytes <= KEPT_ENTRY_BYTES
@@ -158,12 +164,36 @@ def _self_contained(description: dict[str, Any]) -> bool:
     ) and not any(isinstance(n, list) and n[:1] == ["ndarray"] for n in nodes)
 
 
+def _kept_description(key: Any) -> Any:
+    kept = _kept.get(key) if key is not None else None
+    if kept is None:
+        return None
+    try:
+        return json.loads(kept)
+    except (ValueError, RecursionError):  # never expected: parse the file afresh
+        return None
+
+
+def _file_storage(
+    fd: int, size: int, name: str, copy: OwnedCopy | None, owned: bool
+) -> tuple[Callable[[], Any], int]:
+    """What "file" storage ranges are slices of: the owned copy, or a private mapping of the
+    file itself (``mmap=True``, and ``map_location="meta"``, which reads no bytes)."""
+    if not owned:
+        return _mapping(fd, size, name), size
+    if copy is None:
+
+        def no_file() -> Any:  # only zip checkpoints have storages in the file itself
+            raise ValueError("the description refers to file ranges this format has not")
+
+        return no_file, size
+    return copy.storage, size
+
+
 def _build(
     description: Any,
-    fd: int,
-    size: int,
-    memfd: int | None,
-    memfd_size: int,
+    file: tuple[Callable[[], Any], int],
+    memfd: tuple[int, int] | None,
     name: str,
     pol: Policy,
     map_location: Any,
@@ -177,10 +207,10 @@ def _build(
         description,
         name,
         map_location=map_location,
-        file_storage=_mapping(fd, size, name),
-        memfd_storage=_mapping(memfd, memfd_size, name) if memfd is not None else no_memfd,
-        file_size=size,
-        memfd_size=memfd_size,
+        file_storage=file[0],
+        memfd_storage=_mapping(memfd[0], memfd[1], name) if memfd is not None else no_memfd,
+        file_size=file[1],
+        memfd_size=memfd[1] if memfd is not None else 0,
         extra_globals=extra,
         deadline=(deadline, pol.timeout),
     )

@@ -1,0 +1,75 @@
+"""A weight file read into memory the tensors own (the route without ``mmap=True``).
+
+torch.load without ``mmap`` reads each storage into fresh memory; its cost is mostly page
+faults on that memory, 4 KiB at a time. Here the whole file is read into one anonymous
+private mapping, asked for transparent huge pages (one fault per 2 MiB where the kernel has
+them), in 64 MiB positional reads spread over two threads, while the child parses the file
+in parallel. The tensors are views of that mapping: a file rewritten or truncated afterwards
+changes nothing and cannot SIGBUS the process, as a mapping of the file itself could. The
+mapping is never closed by us; the last storage that views it releases it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+from typing import Any
+
+import torch
+
+from ..errors import CorruptCheckpointError
+
+CHUNK = 64 << 20
+# Below this a second thread costs more than it saves.
+PARALLEL_FROM = 2 * CHUNK
+
+
+class OwnedCopy:
+    """Starts reading ``size`` bytes of ``fd`` at once; :meth:`storage` waits for them."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self.name = name
+        self.size = size
+        self.failed: str | None = None
+        self.buf = mmap.mmap(-1, max(size, 1), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            with contextlib.suppress(OSError):  # no THP: 4 KiB pages, still correct
+                self.buf.madvise(mmap.MADV_HUGEPAGE)
+        n = 2 if size >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 1
+        self.threads = [
+            threading.Thread(target=self._copy, args=(fd, k, n), daemon=True) for k in range(n)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _copy(self, fd: int, first: int, step: int) -> None:
+        view = memoryview(self.buf)
+        try:
+            for chunk in range(first * CHUNK, self.size, step * CHUNK):
+                pos, end = chunk, min(chunk + CHUNK, self.size)
+                while pos < end:
+                    n = os.preadv(fd, [view[pos:end]], pos)
+                    if n == 0:
+                        self.failed = "the file changed size while it was read"
+                        return
+                    pos += n
+        except OSError as exc:
+            self.failed = f"reading it failed: {exc.strerror or exc}"
+        finally:
+            view.release()
+
+    def wait(self) -> None:
+        for t in self.threads:
+            t.join()
+
+    def storage(self) -> Any:
+        """The whole file as one untyped storage over the owned memory."""
+        self.wait()
+        if self.failed is not None:
+            raise CorruptCheckpointError(self.name, self.failed)
+        if self.size == 0:
+            return torch.UntypedStorage(0)
+        # torch keeps a reference to the mapping for as long as any storage views it.
+        return torch.frombuffer(self.buf, dtype=torch.uint8, count=self.size).untyped_storage()
