@@ -61,7 +61,7 @@ class Parsed:
     description: dict[str, Any]
     memfd: int
     memfd_capacity: int
-    answer_bytes: int  # the size of the JSON it came as
+    answer: bytes  # the JSON it came as
 
 
 @lru_cache(maxsize=1)
@@ -157,7 +157,7 @@ def _run(fd: int, size: int, fmt: str, name: str, limits: Limits, probe: str | N
         if limits.deadline is not None and time.monotonic() > limits.deadline:
             raise SandboxTimeoutError(name, limits.timeout)  # no time left to parse it
         description = _answer(out, err, status, name, fmt, limits)
-        return Parsed(description, memfd, capacity, len(out))
+        return Parsed(description, memfd, capacity, out)
     except BaseException:
         os.close(memfd)
         raise

@@ -35,6 +35,7 @@ KEPT_ENTRY_BYTES = 4 * MIB  # one file's description, at most (honest: ~150 byte
 # the result itself (measured worst case, one-byte empty lists: ~250; docs/sandbox.md).
 TRANSIENT_PER_BYTE = 400
 _kept: LRU[bytes] = LRU(64, max_bytes=KEPT_BYTES, weigh=len)
+KEPT_FIELDS = ("version", "storages", "nodes", "root")
 
 
 def extra_globals(pol: Policy) -> tuple[str, ...]:
@@ -144,12 +145,16 @@ def load(
         return result
     if (
         key is not None
-        and parsed.answer_bytes <= KEPT_ENTRY_BYTES
+        and len(parsed.answer) <= KEPT_ENTRY_BYTES
         and _self_contained(parsed.description)
     ):
-        # Only the fields the rebuild validated: nothing else of the child's answer is kept.
-        validated = {k: parsed.description[k] for k in ("version", "storages", "nodes", "root")}
-        _kept.put(key, json.dumps(validated, separators=(",", ":")).encode())
+        # Only the fields the rebuild validated: nothing else of the child's answer is kept
+        # (an answer of exactly those fields is kept as it came, not encoded again).
+        validated = {k: parsed.description[k] for k in KEPT_FIELDS}
+        if len(validated) == len(parsed.description):
+            _kept.put(key, parsed.answer)
+        else:
+            _kept.put(key, json.dumps(validated, separators=(",", ":")).encode())
     return result
 
 
