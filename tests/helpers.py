@@ -52,6 +52,20 @@ def run_py(
     )
 
 
+def json_without_sandboxload(code: str, arg: Any, timeout: float = 600) -> Any:
+    """What ``code`` prints (JSON) in a fresh interpreter without sandboxload, given ``arg``
+    as JSON in ``sys.argv[1]``: the trusted side of a parity test."""
+    proc = subprocess.run(
+        [PY, "-c", code, json.dumps(arg)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 class Payload:
     """Pickles to a call of ``os.system`` that creates ``canary``: the classic attack."""
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
-import json
 import pickle
 import pickletools
-import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +32,7 @@ from sandboxload.patches import registry
 
 from . import corpus
 from .fingerprint import fingerprint
-from .helpers import PY, clean_env
+from .helpers import json_without_sandboxload
 
 pytestmark = pytest.mark.usefixtures("sandboxed")
 TESTS = Path(__file__).parent
@@ -330,15 +328,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
 @pytest.fixture(scope="module")
 def expected(checkpoints: dict[str, tuple[Path, bool]]) -> dict[str, Any]:
     jobs = [(str(p), full) for p, full in checkpoints.values()]
-    proc = subprocess.run(
-        [PY, "-c", TRUSTED.format(tests=str(TESTS)), json.dumps(jobs)],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return json_without_sandboxload(TRUSTED.format(tests=str(TESTS)), jobs)
 
 
 def _globals_named(stream: io.BytesIO) -> set[str]:

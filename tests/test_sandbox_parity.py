@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import sandboxload
 
 from . import corpus
 from .fingerprint import fingerprint
-from .helpers import PY, clean_env
+from .helpers import json_without_sandboxload
 
 # Every test here runs with the defaults, activated in this process.
 pytestmark = pytest.mark.usefixtures("sandboxed")
@@ -44,15 +42,7 @@ print(json.dumps(out))
 
 def trusted(jobs: list[tuple[str, str]]) -> dict[str, Any]:
     """Fingerprints from the real torch.load, in a process without sandboxload."""
-    proc = subprocess.run(
-        [PY, "-c", TRUSTED.format(tests=str(TESTS)), json.dumps(jobs)],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return json_without_sandboxload(TRUSTED.format(tests=str(TESTS)), jobs)
 
 
 @pytest.fixture(scope="module")
