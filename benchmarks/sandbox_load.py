@@ -169,8 +169,8 @@ def main() -> int:
     print(f"BERT-base-sized checkpoint: {result['file_mb']} MB, 199 tensors, {opts.runs} runs")
     for k, v in result["median_ms"].items():
         print(f"  {k:<50} {v:>8.1f} ms")
-    # Like with like: tensors that own their memory (the file is read once, into a sealed
-    # snapshot) against torch.load; mappings of the file against torch's mmap=True.
+    # Like with like: tensors that own their memory against torch.load; mappings of the
+    # file against torch's mmap=True.
     print(f"  sandbox / torch.load                      {result['ratio_vs_torch_load']:.3f}")
     mapped = result["ratio_mmap_vs_torch_load_mmap"]
     print(f"  sandbox mmap=True / torch.load(mmap=True) {mapped:.3f}")
