@@ -106,6 +106,20 @@ def classify_zip(names: list[str]) -> str:
     return ZIP
 
 
+def _fast_names(f: IO[bytes], size: int) -> list[str] | None:
+    """The names straight from the central directory, where ``f`` has a descriptor."""
+    from . import zipnames
+
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):  # BytesIO and friends
+        return None
+    try:
+        return zipnames.names(fd, size)
+    except (OSError, struct.error, UnicodeError):
+        return None
+
+
 def sniff(f: IO[bytes]) -> str:
     """Classify a seekable binary file; its position is restored."""
     pos = f.tell()
@@ -116,6 +130,9 @@ def sniff(f: IO[bytes]) -> str:
         head = f.read(HEAD_BYTES)
         fmt = sniff_bytes(head, size)
         if fmt == ZIP:
+            found = _fast_names(f, size)
+            if found is not None:
+                return classify_zip(found)
             f.seek(0)
             try:
                 with zipfile.ZipFile(f) as zf:

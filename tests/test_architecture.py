@@ -51,7 +51,7 @@ LAYERS = [
         "sandboxload.sandbox",
         "sandboxload.sandbox.*",
     ],
-    ["sandboxload.errors", "sandboxload.fileid", "sandboxload.formats"],
+    ["sandboxload.errors", "sandboxload.fileid", "sandboxload.formats", "sandboxload.zipnames"],
     [f"{CHILD}", f"{CHILD}.*"],
     [CONTRACT],  # the wire contract: the one module both sides of the boundary share
 ]

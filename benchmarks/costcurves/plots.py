@@ -37,13 +37,22 @@ def _series(
     return xs, ys
 
 
-def _log(ax: Axes, x: bool = True, y: bool = True) -> None:
-    """Log scale with ticks at 1, 2, 5 x 10^n, labelled as plain numbers."""
-    axes = [a for a, on in ((ax.xaxis, x), (ax.yaxis, y)) if on]
-    for axis in axes:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+def _log(ax: Axes) -> None:
+    """Log scales labelled as plain numbers (ticks: :func:`_ticks`)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
         axis.set_minor_locator(NullLocator())
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+
+
+def _ticks(ax: Axes, points: list[Result]) -> None:
+    """x ticks at the measured points; y ticks at 1-2-5 per decade, or denser when the data
+    span less than two decades."""
+    ax.set_xticks([_x(p) for p in points])
+    low, high = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if high / low > 100 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=40))
 
 
 def _times(ax: Axes, points: list[Result]) -> None:
@@ -65,8 +74,6 @@ def _times(ax: Axes, points: list[Result]) -> None:
             color=color,
             label=BY_KEY[sandbox].label,
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     _log(ax)
     ax.set_ylabel("load time (ms)")
     ax.set_title("warm; dashed: torch / safetensors, solid: sandboxload", fontsize=9)
@@ -85,36 +92,44 @@ def _ratios(ax: Axes, points: list[Result]) -> None:
                 label=f"{name}, {phase}",
             )
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     _log(ax)
     ax.set_ylabel("sandboxload / the route it replaces")
     ax.set_title("ratio; solid: warm (spare ready), dotted: cold (fresh process)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
 
 
+def _positive(v: float | None) -> float | None:
+    return v if v is not None and v > 0 else None  # a log axis has no 0
+
+
 def _rss(ax: Axes, points: list[Result], field: str, title: str) -> None:
     for r in ROUTES:
         pair = next(name for s, b, name in PAIRS if r.key in (s, b))
         ax.plot(
-            *_series(points, lambda p, k=r.key: value(p, "cold", k, field)),
+            *_series(points, lambda p, k=r.key: _positive(value(p, "cold", k, field))),
             ls="-" if r.baseline else "--",
             marker="o",
             ms=3,
             color=COLORS[pair],
             label=r.label,
         )
-    ax.set_xscale("log")
-    _log(ax, y=False)
+    _log(ax)
     ax.set_ylabel("peak RSS growth (MB)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
 
 
-def _figure(path: Path, xlabel: str, title: str, draw: list[Callable[[Axes], None]]) -> Path:
+def _figure(
+    path: Path,
+    points: list[Result],
+    xlabel: str,
+    title: str,
+    draw: list[Callable[[Axes], None]],
+) -> Path:
     fig, axes = plt.subplots(1, len(draw), figsize=(11, 4.2))
     for ax, fn in zip(axes, draw, strict=True):
         fn(ax)
+        _ticks(ax, points)
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.25)
     fig.suptitle(title, fontsize=10)
@@ -135,6 +150,7 @@ def write(results: Result, out: Path) -> list[Path]:
         written.append(
             _figure(
                 out / "time_vs_size.png",
+                size,
                 "checkpoint size (MB)",
                 f"Load time over checkpoint size ({n} float32 tensors)",
                 [lambda ax: _times(ax, size), lambda ax: _ratios(ax, size)],
@@ -143,8 +159,10 @@ def write(results: Result, out: Path) -> list[Path]:
         written.append(
             _figure(
                 out / "rss_vs_size.png",
+                size,
                 "checkpoint size (MB)",
-                f"Peak RSS growth of the loading process over size ({n} tensors)",
+                f"Peak RSS growth of the loading process over size ({n} tensors; fresh "
+                "process; dashed: torch / safetensors, solid: sandboxload)",
                 [
                     lambda ax: _rss(ax, size, "rss_mb", "at load"),
                     lambda ax: _rss(ax, size, "touched_mb", "after reading every tensor"),
@@ -155,6 +173,7 @@ def write(results: Result, out: Path) -> list[Path]:
         written.append(
             _figure(
                 out / "time_vs_count.png",
+                count,
                 "tensors in the checkpoint",
                 f"Load time over tensor count ({mb:g} MB of float32 in all)",
                 [lambda ax: _times(ax, count), lambda ax: _ratios(ax, count)],
@@ -163,8 +182,10 @@ def write(results: Result, out: Path) -> list[Path]:
         written.append(
             _figure(
                 out / "rss_vs_count.png",
+                count,
                 "tensors in the checkpoint",
-                f"Peak RSS growth of the loading process over tensor count ({mb:g} MB)",
+                f"Peak RSS growth of the loading process over tensor count ({mb:g} MB; fresh "
+                "process; dashed: torch / safetensors, solid: sandboxload)",
                 [
                     lambda ax: _rss(ax, count, "rss_mb", "at load"),
                     lambda ax: _rss(ax, count, "touched_mb", "after reading every tensor"),
