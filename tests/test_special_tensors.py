@@ -202,3 +202,54 @@ def test_hostile_descriptions_of_special_values_are_refused(case: str) -> None:
     description = {"version": 1, "root": len(nodes) - 1, "nodes": nodes, "storages": storages}
     with pytest.raises(CorruptCheckpointError):
         rebuild_over(description, bytes(range(256)), name="/m/hostile.pt")
+
+
+# --- a few bytes of file standing for many values (found by an attack review) -------------
+
+
+def _expanded(n: int, value: int = 0, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    return torch.tensor([value], dtype=dtype).expand(n)
+
+
+AMPLIFIED = {
+    # torch reads offsets as contiguous memory: a strided view checked as [0, 0] was [0, 4n]
+    "nested offsets strided": lambda: Call(
+        torch._utils._rebuild_nested_tensor,
+        torch.arange(8.0),
+        torch.tensor([[4], [4]]),
+        torch.tensor([[1], [1]]),
+        torch.tensor([0, 4096, 0, 0])[::2],
+    ),
+    "nested rows expanded": lambda: Call(
+        torch._utils._rebuild_nested_tensor,
+        torch.arange(8.0),
+        torch.tensor([[1]]).expand(1 << 20, 1),
+        torch.tensor([[1]]).expand(1 << 20, 1),
+        _expanded(1 << 20),
+    ),
+    "sparse indices expanded": lambda: torch.sparse_coo_tensor(
+        torch.zeros(2, 1, dtype=torch.int64).expand(2, 1 << 20),
+        torch.ones(1).expand(1 << 20),
+        (4, 4),
+        check_invariants=False,
+    ),
+    "per-channel scales expanded": lambda: _qcall(
+        _qstorage(),
+        (1 << 20,),
+        (0,),
+        (
+            torch.per_channel_affine,
+            _expanded(1 << 20, 1, torch.double),
+            _expanded(1 << 20),
+            0,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(AMPLIFIED))
+def test_values_that_repeat_their_bytes_are_refused(tmp_path: Path, case: str) -> None:
+    path = _save(AMPLIFIED[case](), tmp_path / "amplified.pt")
+    assert path.stat().st_size < 64 << 10  # a few KB standing for a million values
+    with pytest.raises(CorruptCheckpointError, match=r"repeats its storage|contiguous"):
+        torch.load(path)

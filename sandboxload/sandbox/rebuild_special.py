@@ -57,8 +57,13 @@ def storage_value(storage: Any, dtype: torch.dtype) -> torch.storage.TypedStorag
 
 
 def _plain(value: Any, what: str) -> torch.Tensor:
+    """A plain tensor that holds no more elements than its storage has bytes for: an
+    expanded (stride 0) view would let a few bytes of file stand for billions of indices,
+    scales or sizes, which torch then copies or checks one by one."""
     check(type(value) is torch.Tensor and value.layout is torch.strided, f"{what} must be a tensor")
     check(not value.is_quantized and not value.is_nested, f"{what} must be a plain tensor")
+    held = value.untyped_storage().nbytes()
+    check(value.numel() * value.element_size() <= held, f"{what} repeats its storage's bytes")
     return value
 
 
@@ -155,6 +160,12 @@ def nested(parts: list[Any], tick: Callable[[int], None]) -> torch.Tensor:
     check(len(parts) == 4, "nested tensor parts")
     buffer, sizes, strides, offsets = (_plain(p, "nested tensor part") for p in parts)
     check(buffer.dim() == 1 and buffer.is_contiguous(), "nested buffer must be flat")
+    # torch reads the offsets' memory as if contiguous, whatever their strides say: what is
+    # checked here must be exactly what torch reads.
+    check(
+        sizes.is_contiguous() and strides.is_contiguous() and offsets.is_contiguous(),
+        "nested sizes, strides and offsets must be contiguous",
+    )
     check(
         sizes.dtype == strides.dtype == offsets.dtype == torch.int64
         and sizes.dim() == 2
@@ -167,6 +178,7 @@ def nested(parts: list[Any], tick: Callable[[int], None]) -> torch.Tensor:
     n = buffer.numel()
     rows = zip(sizes.tolist(), strides.tolist(), offsets.tolist(), strict=True)
     for row_size, row_stride, offset in rows:
+        tick(1)
         size, stride = ints(row_size, "nested size"), ints(row_stride, "nested stride")
         check(type(offset) is int and 0 <= offset <= n, "nested offset outside the buffer")
         if math.prod(size):
