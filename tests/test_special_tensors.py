@@ -212,13 +212,13 @@ def _expanded(n: int, value: int = 0, dtype: torch.dtype = torch.int64) -> torch
 
 
 AMPLIFIED = {
-    # torch reads offsets as contiguous memory: a strided view checked as [0, 0] was [0, 4n]
+    # torch reads offsets as contiguous memory: a strided view that reads [0, 0] is [0, 4]
     "nested offsets strided": lambda: Call(
         torch._utils._rebuild_nested_tensor,
-        torch.arange(8.0),
+        torch.arange(4.0),
         torch.tensor([[4], [4]]),
         torch.tensor([[1], [1]]),
-        torch.tensor([0, 4096, 0, 0])[::2],
+        torch.tensor([0, 4, 0, 0])[::2],
     ),
     "nested rows expanded": lambda: Call(
         torch._utils._rebuild_nested_tensor,
@@ -253,3 +253,13 @@ def test_values_that_repeat_their_bytes_are_refused(tmp_path: Path, case: str) -
     assert path.stat().st_size < 64 << 10  # a few KB standing for a million values
     with pytest.raises(CorruptCheckpointError, match=r"repeats its storage|contiguous"):
         torch.load(path)
+
+
+def test_strided_nested_offsets_are_live_in_torch(tmp_path: Path) -> None:
+    """Without sandboxload torch builds this tensor: "contiguous", 8 elements, over a
+    4-element buffer (an op such as layer_norm then writes past its output)."""
+    path = _save(AMPLIFIED["nested offsets strided"](), tmp_path / "live.pt")
+    loaded = _torch_load(path)
+    assert loaded.is_contiguous()
+    assert int(loaded._nested_tensor_size().prod(1).sum()) == 8
+    assert loaded.untyped_storage().nbytes() == 4 * 4
