@@ -165,3 +165,38 @@ def test_descriptors_running_out(tmp_path: Path) -> None:
 
 def test_typed_errors_are_sandboxload_errors() -> None:
     assert issubclass(SandboxCrashedError, SandboxLoadError)
+
+
+NO_MEMORY_FOR_THE_COPY = """
+import io, os, resource, struct, torch, sandboxload
+path = {path!r}
+buf = io.BytesIO()
+torch.save({{"w": torch.zeros(4)}}, buf)
+raw = bytearray(buf.getvalue())
+gap = 1 << 30  # a hole before the central directory: 1 GiB apparent, a few KB on disk
+eocd = raw.rindex(b"PK\\x05\\x06")
+cd_off = struct.unpack_from("<I", raw, eocd + 16)[0]
+struct.pack_into("<I", raw, eocd + 16, cd_off + gap)
+with open(path, "wb") as f:
+    f.write(raw[:cd_off])
+    f.seek(cd_off + gap)
+    f.write(raw[cd_off:])
+sandboxload.activate()
+vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+try:
+    torch.load(path)
+    print("loaded")
+except sandboxload.SandboxLoadError as exc:
+    print(type(exc).__name__, path in str(exc))
+"""
+
+
+def test_no_memory_for_the_owned_copy_is_a_typed_error(tmp_path: Path) -> None:
+    """Tensors that own their memory need the file's size of it; where the process cannot
+    have that much the load fails typed, naming the file (found by an attack review: a bare
+    OSError before)."""
+    code = NO_MEMORY_FOR_THE_COPY.format(path=str(tmp_path / "gap.pt"))
+    proc = run_py(code, env=clean_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["SandboxCrashedError", "True"]

@@ -122,17 +122,13 @@ def load(
     deadline = time.monotonic() + pol.timeout
     extra = extra_globals(pol)  # once: the child, the cache key and the rebuild agree
     key = None if file_id is None or probe else (file_id, reader, extra)
-    copy = OwnedCopy(fd, size, name) if unchanged is not None and reader == READ_ZIP else None
+    copy = None
+    if unchanged is not None and reader == READ_ZIP:
+        with client.setup_errors(name):  # no memory for the copy: typed, naming the file
+            copy = OwnedCopy(fd, size, name)
     file = _file_storage(fd, size, name, copy, unchanged is not None)
-    try:
-        description, parsed = _kept_description(key), None
-        if description is None:
-            lim = limits(pol, size, deadline, extra)
-            parsed = client.run(fd, size, reader, name, lim, probe=probe)
-            description = parsed.description
-    finally:
-        if copy is not None:
-            copy.wait()  # never leave a thread writing behind an error
+    lim = limits(pol, size, deadline, extra)
+    description, parsed = _describe(fd, size, reader, name, lim, key, probe, copy)
     try:
         if unchanged is not None and not unchanged():  # the bytes read are not those admitted
             raise CorruptCheckpointError(name, "the file changed while it was being loaded")
@@ -169,6 +165,35 @@ def _self_contained(description: dict[str, Any]) -> bool:
     ) and not any(isinstance(n, list) and n[:1] == ["ndarray"] for n in nodes)
 
 
+def _describe(
+    fd: int,
+    size: int,
+    reader: str,
+    name: str,
+    lim: client.Limits,
+    key: Any,
+    probe: str | None,
+    copy: OwnedCopy | None,
+) -> tuple[Any, client.Parsed | None]:
+    """The kept description, or the child's; and the owned copy read in the meantime."""
+    parsed = None
+    try:
+        description = _kept_description(key)
+        if description is None:
+            parsed = client.run(fd, size, reader, name, lim, probe=probe)
+            description = parsed.description
+        if copy is not None:
+            assert lim.deadline is not None
+            copy.finish(lim.deadline, lim.timeout)
+    except BaseException:
+        if copy is not None:
+            copy.cancel()  # refused, or out of time: stop reading a file nobody will use
+        if parsed is not None:
+            os.close(parsed.memfd)
+        raise
+    return description, parsed
+
+
 def _kept_description(key: Any) -> Any:
     kept = _kept.get(key) if key is not None else None
     if kept is None:
@@ -192,7 +217,7 @@ def _file_storage(
             raise ValueError("the description refers to file ranges this format has not")
 
         return no_file, size
-    return copy.storage, size
+    return copy.storage, size  # read by then: the load finished the copy first
 
 
 def _build(

@@ -15,11 +15,12 @@ import contextlib
 import mmap
 import os
 import threading
+import time
 from typing import Any
 
 import torch
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, SandboxTimeoutError
 
 CHUNK = 64 << 20
 # Below this a second thread costs more than it saves.
@@ -27,12 +28,14 @@ PARALLEL_FROM = 2 * CHUNK
 
 
 class OwnedCopy:
-    """Starts reading ``size`` bytes of ``fd`` at once; :meth:`storage` waits for them."""
+    """Starts reading ``size`` bytes of ``fd`` at once; :meth:`finish` waits for them (up to a
+    deadline), :meth:`cancel` stops early."""
 
     def __init__(self, fd: int, size: int, name: str) -> None:
         self.name = name
         self.size = size
         self.failed: str | None = None
+        self.cancelled = False  # set when the load fails: stop at the next chunk
         self.buf = mmap.mmap(-1, max(size, 1), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_HUGEPAGE"):
             with contextlib.suppress(OSError):  # no THP: 4 KiB pages, still correct
@@ -48,6 +51,8 @@ class OwnedCopy:
         view = memoryview(self.buf)
         try:
             for chunk in range(first * CHUNK, self.size, step * CHUNK):
+                if self.cancelled:
+                    return
                 pos, end = chunk, min(chunk + CHUNK, self.size)
                 while pos < end:
                     n = os.preadv(fd, [view[pos:end]], pos)
@@ -60,13 +65,25 @@ class OwnedCopy:
         finally:
             view.release()
 
-    def wait(self) -> None:
+    def cancel(self) -> None:
+        """Stop reading (each thread finishes the chunk it is in) and wait for that."""
+        self.cancelled = True
         for t in self.threads:
             t.join()
 
+    def finish(self, deadline: float, timeout: float) -> None:
+        """Wait for the whole file, until ``deadline`` (``time.monotonic()``) at most."""
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self.threads):
+            self.cancel()
+            raise SandboxTimeoutError(self.name, timeout)
+
     def storage(self) -> Any:
-        """The whole file as one untyped storage over the owned memory."""
-        self.wait()
+        """The whole file as one untyped storage over the owned memory (after :meth:`finish`)."""
+        assert not any(t.is_alive() for t in self.threads)
+        if self.cancelled:
+            raise CorruptCheckpointError(self.name, "the read was cancelled")
         if self.failed is not None:
             raise CorruptCheckpointError(self.name, self.failed)
         if self.size == 0:
