@@ -211,6 +211,13 @@ def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
     if src.fd is not None:
         if mmap or _is_meta(map_location):
             return load(src.fd, src.size, reader, src.name, a.pol, map_location, file_id=a.file_id)
+        if a.log.sha256 is not None:  # pinned: load exactly the bytes hashed, from a snapshot
+            with setup_errors(src.name):
+                snap = memfds.pinned_snapshot(src.fd, src.size, src.name, a.log.sha256)
+            try:
+                return load(snap, src.size, reader, src.name, a.pol, map_location)
+            finally:
+                os.close(snap)
         fd = src.fd
         return load(
             fd,

@@ -19,7 +19,7 @@ import torch
 
 from sandboxload.errors import CorruptCheckpointError
 
-from .helpers import PY, clean_env
+from .helpers import PY, clean_env, run_py
 
 REWRITE = """
 import os, sys, torch
@@ -104,3 +104,37 @@ def _snapshots_open() -> list[str]:
             if link.startswith("/memfd:sandboxload"):
                 found.append(link)
     return found
+
+
+SHARED_MAPPING_WRITE = """
+import hashlib, mmap, os, torch, sandboxload
+from sandboxload.fileid import identity
+path, sums = {path!r}, {sums!r}
+torch.save({{"w": torch.full((1024,), 1.0)}}, path)
+raw = open(path, "rb").read()
+with open(sums, "w") as f:
+    f.write(hashlib.sha256(raw).hexdigest() + "  " + os.path.basename(path) + "\\n")
+at = raw.find(torch.full((1024,), 1.0).numpy().tobytes())
+fd = os.open(path, os.O_RDWR)
+m = mmap.mmap(fd, len(raw), mmap.MAP_SHARED)
+m[:] = raw  # every page dirty (same bytes): later writes to them change no timestamp
+sandboxload.activate()
+before = identity(fd)
+print(float(torch.load(path)["w"][0]))
+m[at : at + 4096] = torch.full((1024,), 666.0).numpy().tobytes()
+print(identity(fd) == before)  # live: the file's identity cannot tell
+try:
+    print(float(torch.load(path)["w"][0]))
+except sandboxload.SandboxLoadError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_pinned_file_written_through_a_shared_mapping_is_refused(tmp_path: Path) -> None:
+    """Found by an attack review: a write through a shared mapping leaves size, mtime and
+    ctime as they were, so a digest kept per identity would vouch for new bytes. The bytes
+    a pinned load parses and holds are hashed themselves."""
+    code = SHARED_MAPPING_WRITE.format(path=str(tmp_path / "m.bin"), sums=str(tmp_path / "S"))
+    proc = run_py(code, env=clean_env(SANDBOXLOAD_MANIFEST=str(tmp_path / "S")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["1.0", "True", "HashMismatchError"]
