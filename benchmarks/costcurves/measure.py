@@ -50,8 +50,10 @@ def run_probe(args: list[str], env: dict[str, str], timeout: float = 1800) -> An
     )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise ProbeError(f"probe {' '.join(args[:2])} failed: {tail[0][:300]}")
+        # The exception and the frame that raised it.
+        tail = proc.stderr.strip().splitlines()[-3:] or [f"exit status {proc.returncode}"]
+        where = " | ".join(line.strip() for line in tail)
+        raise ProbeError(f"probe {' '.join(args[:2])} failed: {where[-500:]}")
     return json.loads(lines[-1])
 
 

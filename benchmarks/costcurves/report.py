@@ -178,9 +178,9 @@ throughout (each file is written and flushed before it is measured).
   processes; sandboxload with `SANDBOXLOAD_SPARE=off`, so its worker interpreter starts
   on the spot (the worst case: a server's first load usually finds the spare ready).
 - **peak RSS**: growth of the loading process's high-water mark over the (cold) load,
-  and after every tensor has been read once; the sandboxload worker's own peak in
-  parentheses. At load, sandboxload's tensors are not resident yet: they live in a sealed
-  memfd (shmem) or map the file, and count once read.
+  and after every tensor has been read once; the peak of sandboxload's worker process
+  (sampled) in parentheses. A route whose RSS at load stays near zero maps the file: its
+  tensors are page cache, counted once read.
 """
 
 
