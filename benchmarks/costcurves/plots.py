@@ -37,13 +37,18 @@ def _series(
     return xs, ys
 
 
+def _number(v: float) -> str:
+    """A tick label: whole numbers from 10 on (a 10.05 MB file is "10"), else 3 digits."""
+    return f"{v:,.0f}" if v >= 10 else f"{v:.3g}"
+
+
 def _log(ax: Axes) -> None:
     """Log scales labelled as plain numbers (ticks: :func:`_ticks`)."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_minor_locator(NullLocator())
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: _number(v)))
 
 
 def _ticks(ax: Axes, points: list[Result]) -> None:
