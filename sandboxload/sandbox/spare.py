@@ -67,14 +67,16 @@ _lock = threading.Lock()
 _spare: Spare | None = None
 _program: bytes | None = None
 _threads: list[threading.Thread] = []
+_starting = threading.Lock()  # guards _threads: a thread is started and listed together
 
 
 def _after_fork_in_child() -> None:
     """A forked child starts with no spare and a fresh lock (the parent's may have been held
     by another thread at fork time); its copies of the parent spare's descriptors are closed,
     which leaves the parent's spare untouched."""
-    global _lock, _spare
+    global _lock, _spare, _starting
     _lock = threading.Lock()
+    _starting = threading.Lock()
     if _spare is not None:
         _spare.sock.close()
         for pipe in (_spare.proc.stdout, _spare.proc.stderr):
@@ -128,8 +130,14 @@ def refill() -> None:
 
 def _background(fn: object) -> None:
     thread = threading.Thread(target=fn, name="sandboxload-spare", daemon=True)  # type: ignore[arg-type]
-    _threads.append(thread)
-    thread.start()
+    _track(thread)
+
+
+def _track(thread: threading.Thread) -> None:
+    """Start ``thread`` and list it, as one step: ``settle`` never sees it unstarted."""
+    with _starting:
+        thread.start()
+        _threads.append(thread)
 
 
 def take() -> Spare | None:
@@ -157,8 +165,12 @@ def discard(spare: Spare) -> None:
 def settle() -> tuple[int | None, set[int]]:
     """Wait for pending starts; then the ready spare's pid and the fds this process holds
     for it (tests count processes and descriptors, and a ready spare is neither leaked)."""
-    while _threads:
-        _threads.pop().join()
+    while True:
+        with _starting:
+            if not _threads:
+                break
+            thread = _threads.pop()
+        thread.join()
     with _lock:
         if _spare is None or _spare.owner != os.getpid():
             return None, set()
@@ -188,5 +200,4 @@ def prestart() -> None:
 
     timer = threading.Timer(PRESTART_DELAY, build)
     timer.daemon = True
-    _threads.append(timer)
-    timer.start()
+    _track(timer)
