@@ -64,7 +64,13 @@ def _load(path: str, stamp: tuple[int, int, int]) -> Manifest:
 
 
 def manifest(path: str) -> Manifest:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:  # a typed policy error, not a bare errno (CLI and loads alike)
+        raise PolicyError(
+            f"SANDBOXLOAD_MANIFEST={path!r}: cannot read the manifest ({exc.strerror}); "
+            "write one with `sandboxload pin DIR --manifest PATH`"
+        ) from exc
     return _load(os.path.abspath(path), (st.st_ino, st.st_size, st.st_mtime_ns))
 
 

@@ -139,3 +139,27 @@ def test_scan(tmp_path: Path, malicious: dict[str, Path], canary: Path) -> None:
     proc = run_cli("scan", str(models))
     assert proc.returncode == 1 and "posix.system" in proc.stdout
     assert run_cli("scan", str(tmp_path / "missing.bin")).returncode == 2
+
+
+def test_verify_without_its_manifest_says_how_to_make_one(tmp_path: Path) -> None:
+    """Issue 12: a missing manifest was a raw ``[Errno 2] ...``."""
+    proc = run_cli("verify", "--manifest", str(tmp_path / "SHA256SUMS"))
+    assert proc.returncode == 2
+    assert "[Errno" not in proc.stderr
+    assert "cannot read the manifest" in proc.stderr and "sandboxload pin" in proc.stderr
+    assert str(tmp_path / "SHA256SUMS") in proc.stderr
+
+
+def test_a_load_under_a_missing_manifest_is_a_policy_error(tmp_path: Path) -> None:
+    code = (
+        "import torch, sandboxload\n"
+        f"torch.save({{'w': torch.ones(1)}}, {str(tmp_path / 'w.pt')!r})\n"
+        "try:\n"
+        f"    torch.load({str(tmp_path / 'w.pt')!r})\n"
+        "except sandboxload.PolicyError as exc:\n"
+        "    print('PolicyError', 'sandboxload pin' in str(exc))\n"
+    )
+    env = clean_env(SANDBOXLOAD="1", SANDBOXLOAD_MANIFEST=str(tmp_path / "nope"))
+    proc = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["PolicyError", "True"]
