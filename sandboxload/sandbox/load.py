@@ -133,7 +133,7 @@ def load(
         if unchanged is not None and not unchanged():  # the bytes read are not those admitted
             raise CorruptCheckpointError(name, "the file changed while it was being loaded")
         memfd = (parsed.memfd, parsed.memfd_capacity) if parsed is not None else None
-        result = _build(description, file, memfd, name, pol, map_location, deadline, extra)
+        result = _build(description, file, size, memfd, name, pol, map_location, deadline, extra)
     finally:
         if parsed is not None:
             os.close(parsed.memfd)
@@ -204,25 +204,29 @@ def _kept_description(key: Any) -> Any:
         return None
 
 
+def _absent(what: str) -> Callable[[], Any]:
+    def get() -> Any:  # a hostile description naming ranges this load has none of
+        raise ValueError(f"the description refers to {what} it does not have")
+
+    return get
+
+
 def _file_storage(
     fd: int, size: int, name: str, copy: OwnedCopy | None, owned: bool
-) -> tuple[Callable[[], Any], int]:
+) -> Callable[[], Any]:
     """What "file" storage ranges are slices of: the owned copy, or a private mapping of the
     file itself (``mmap=True``, and ``map_location="meta"``, which reads no bytes)."""
     if not owned:
-        return _mapping(fd, size, name), size
-    if copy is None:
-
-        def no_file() -> Any:  # only zip checkpoints have storages in the file itself
-            raise ValueError("the description refers to file ranges this format has not")
-
-        return no_file, size
-    return copy.storage, size  # read by then: the load finished the copy first
+        return _mapping(fd, size, name)
+    if copy is None:  # only zip checkpoints have storages in the file itself
+        return _absent("file ranges")
+    return copy.storage  # read by then: the load finished the copy first
 
 
 def _build(
     description: Any,
-    file: tuple[Callable[[], Any], int],
+    file: Callable[[], Any],
+    size: int,
     memfd: tuple[int, int] | None,
     name: str,
     pol: Policy,
@@ -230,17 +234,14 @@ def _build(
     deadline: float,
     extra: tuple[str, ...],
 ) -> Any:
-    def no_memfd() -> Any:
-        raise ValueError("the description refers to a memfd it does not have")
-
     return rebuild(
         description,
         name,
         map_location=map_location,
-        file_storage=file[0],
-        memfd_storage=_mapping(memfd[0], memfd[1], name) if memfd is not None else no_memfd,
-        file_size=file[1],
-        memfd_size=memfd[1] if memfd is not None else 0,
+        file_storage=file,
+        memfd_storage=_mapping(memfd[0], memfd[1], name) if memfd else _absent("a memfd"),
+        file_size=size,
+        memfd_size=memfd[1] if memfd else 0,
         extra_globals=extra,
         deadline=(deadline, pol.timeout),
     )

@@ -242,10 +242,7 @@ class Rebuilder:
             check(type(args[1]) is bool, "param")
             data = self.ref(args[0])
             check(type(data) is torch.Tensor, "parameter data must be a tensor")
-            param = torch.nn.Parameter(data, args[1])
-            for k, v in self._attrs(args[2]).items():
-                setattr(param, k, v)
-            return param
+            return self._set_attrs(torch.nn.Parameter(data, args[1]), args[2])
         if kind == "device_tensor":
             return self._device_tensor(args)
         if kind == "npdtype":
