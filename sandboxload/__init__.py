@@ -9,6 +9,7 @@ TYPE_CHECKING = False  # typing is not imported: this module is on the start-up 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionError",
     "CorruptCheckpointError",
     "FormatNotAllowedError",
     "HashMismatchError",
@@ -40,6 +41,7 @@ _LAZY = {
     "activate": "bootstrap",
     "is_active": "bootstrap",
     "load": "api",
+    "ConversionError": "errors",
     "CorruptCheckpointError": "errors",
     "FormatNotAllowedError": "errors",
     "HashMismatchError": "errors",

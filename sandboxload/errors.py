@@ -23,7 +23,8 @@ same situation, so existing ``except`` clauses keep working::
     │   └── UnknownOriginError                    in-memory weights whose file is unknown
     ├── FormatNotAllowedError (PermissionError)   a format outside SANDBOXLOAD_FORMATS
     ├── NotARegularFileError (OSError)            a FIFO, device, socket or directory
-    └── OfflineError (ConnectionError)            a download attempted in offline mode
+    ├── OfflineError (ConnectionError)            a download attempted in offline mode
+    └── ConversionError (ValueError)              convert: what safetensors cannot store
 
 (*) Not an ``OSError`` nor a ``ValueError``: transformers and sentence-transformers wrap their
 dynamic-module steps in ``except OSError`` / ``except (OSError, ValueError)`` and carry on, so
@@ -214,13 +215,15 @@ class ModelFolderError(_FileError, ValueError):
 
 
 class HashMismatchError(_FileError, PermissionError):
-    """A weight file's SHA-256 differs from the digest it is pinned to."""
+    """A weight file's SHA-256 (or git blob id) differs from the digest it is pinned to."""
 
-    def __init__(self, file: str, expected: str, actual: str, source: str) -> None:
+    def __init__(
+        self, file: str, expected: str, actual: str, source: str, algorithm: str = "SHA-256"
+    ) -> None:
         self.expected, self.actual = expected, actual
         super().__init__(
             file,
-            f"sandboxload refused {file!r}: its SHA-256 is {actual}, but {source} pins "
+            f"sandboxload refused {file!r}: its {algorithm} is {actual}, but {source} pins "
             f"{expected}. The file was changed or corrupted; restore it from the vetted "
             "source (or re-pin it if the change is intended).",
         )
@@ -289,3 +292,11 @@ class OfflineError(_FileError, ConnectionError):
             f"may be downloaded ({detail}). Bake the model into the image (or a local "
             "mirror) and load it by path, or unset SANDBOXLOAD_OFFLINE.",
         )
+
+
+class ConversionError(_FileError, ValueError):
+    """A checkpoint holds what safetensors cannot store, or its folder cannot be converted."""
+
+    def __init__(self, file: str, detail: str, how_to: str) -> None:
+        self.detail = detail
+        super().__init__(file, f"sandboxload cannot convert {file!r}: {detail}. {how_to}")

@@ -187,7 +187,7 @@ def torch_load(
                     **pickle_load_args,
                 )
             else:
-                result = _sandboxed(a, map_location, mmap)
+                result = sandboxed(a, map_location, mmap)
         except Exception as exc:
             a.log.write("refused", route.name, f"{type(exc).__name__}: {exc}")
             raise
@@ -197,7 +197,7 @@ def torch_load(
         return result
 
 
-def _sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
+def sandboxed(a: Admitted, map_location: Any, mmap: bool | None) -> Any:
     """The sandbox route. Tensors own their memory, as torch.load's do: a file is read into
     memory of this process while the child parses it (in-memory bytes go to the child as a
     sealed memfd) -- unless the caller asked for a mapping (``mmap=True``, as torch maps) or

@@ -15,7 +15,7 @@ from .wrapper import error, export_options, parse_args, run_command
 SUBCOMMANDS: dict[str, str | None] = {
     "run": "sandboxload.cli.wrapper:run_subcommand",
     "scan": "sandboxload.cli.scan:main",
-    "convert": None,
+    "convert": "sandboxload.cli.convert:main",
     "pin": "sandboxload.cli.pin:pin",
     "verify": "sandboxload.cli.pin:verify",
     "doctor": "sandboxload.cli.doctor:main",
