@@ -4,8 +4,9 @@ The manifest is ``sha256sum`` output (``<hex>  <path>``, ``*`` for binary mode a
 relative to the manifest. The digest is computed from the very descriptor that is then
 loaded (no window to swap the file between check and use), and kept per file identity
 (device, inode, size, mtime, ctime), so a server that reloads an unchanged file does not
-hash it again. A file inside a Hugging Face cache (``.../blobs/<sha256>``) is checked against
-its own blob name, manifest or not.
+hash it again. A file inside a Hugging Face cache is checked against its own blob name,
+manifest or not: ``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the git
+blob id of a file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
 
 A pin is a statement about a path: bytes are checked against the entry of the file they were
 read from (see :mod:`origins`), never against "any digest in the manifest".
@@ -24,7 +25,7 @@ from .fileid import LRU, identity, open_regular
 from .modelfolder import resolved_dir
 
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
-_BLOB = re.compile(r"[0-9a-f]{64}")
+_BLOB = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}")
 CHUNK = 8 << 20
 _MAX_HOPS = 40  # as the kernel's own limit on symbolic links followed
 
@@ -111,8 +112,8 @@ def check(
         return None
     digest = digest_fd(fd) if fd is not None else hashlib.sha256(data or b"").hexdigest()
     name = path or label
-    if blob is not None and digest != blob:
-        raise HashMismatchError(name, blob, digest, "its Hugging Face cache blob name")
+    if blob is not None:
+        _check_blob(name, blob, digest, fd, data)
     if manifest_path is None:
         return digest
     if path is None:
@@ -128,10 +129,50 @@ def check(
     return digest
 
 
+def check_blob(path: str, data: bytes) -> None:
+    """``data``, read from ``path`` (a config, say), against its Hugging Face cache blob name."""
+    blob = hf_blob_digest(path)
+    if blob is not None:
+        _check_blob(path, blob, hashlib.sha256(data).hexdigest(), None, data)
+
+
+def _check_blob(
+    name: str, blob: str, sha256: str | None, fd: int | None, data: bytes | None
+) -> None:
+    if len(blob) == 64:
+        if sha256 != blob:
+            raise HashMismatchError(name, blob, str(sha256), "its Hugging Face cache blob name")
+        return
+    actual = git_blob_id(fd, data)
+    if actual != blob:
+        raise HashMismatchError(
+            name, blob, actual, "its Hugging Face cache blob name", "git blob id"
+        )
+
+
+def git_blob_id(fd: int | None, data: bytes | None = None) -> str:
+    """git's id of a file stored in git: SHA-1 of ``b"blob <size>\\0"`` and the content, read
+    from ``fd`` (pread, from the start) or ``data``."""
+    if fd is None:
+        content = data or b""
+        return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    size = os.fstat(fd).st_size
+    h = hashlib.sha1(b"blob %d\0" % size)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while n := os.preadv(fd, [buf], offset):
+        h.update(view[:n])
+        offset += n
+    # A file that grew or shrank while read hashes under the wrong size: it cannot match.
+    return h.hexdigest()
+
+
 def hf_blob_digest(path: str) -> str | None:
     """The digest a Hugging Face cache promises for ``path``: the name of the first
-    ``blobs/<sha256>`` entry on the way to the file, as the cache links it -- whatever that
-    entry itself points to (a blob that is a link elsewhere is still checked by its name)."""
+    ``blobs/<sha256 or git blob id>`` entry on the way to the file, as the cache links it --
+    whatever that entry itself points to (a blob that is a link elsewhere is still checked by
+    its name)."""
     current = os.path.abspath(path)
     for _ in range(_MAX_HOPS):
         parent, base = os.path.split(current)

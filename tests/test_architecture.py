@@ -29,7 +29,14 @@ MAX_LINES = 400
 
 # Layers, top first: a module may import from its own layer or any layer below, never above.
 LAYERS = [
-    ["sandboxload.__main__", "sandboxload.cli", "sandboxload.cli.*", "sandboxload.site.*"],
+    [
+        "sandboxload.__main__",
+        "sandboxload.cli",
+        "sandboxload.cli.*",
+        "sandboxload.scanning",
+        "sandboxload.scanning.*",
+        "sandboxload.site.*",
+    ],
     [
         "sandboxload",
         "sandboxload.bootstrap",
@@ -45,6 +52,7 @@ LAYERS = [
         "sandboxload.origins",
         "sandboxload.audit",
         "sandboxload.modelfolder",
+        "sandboxload.remotecode",
         "sandboxload.safetensors_header",
         "sandboxload.maplocation",
         "sandboxload.refusals",

@@ -16,8 +16,8 @@ import safetensors.torch
 import torch
 
 from sandboxload import formats, policy, routes
-from sandboxload.cli.scan import classify
 from sandboxload.errors import SandboxLoadError
+from sandboxload.scanning.check import classify
 
 from . import corpus
 from .helpers import audited
@@ -71,7 +71,7 @@ def test_scan_and_torch_load_agree(
 ) -> None:
     monkeypatch.setenv("SANDBOXLOAD_PICKLE", mode)
     for fmt, path in samples.items():
-        verdict = classify(str(path))
+        verdict = classify(str(path)).as_dict()
         with contextlib.suppress(Exception):  # the audit line says what happened
             torch.load(path, weights_only=False)  # benign samples; the sandbox ignores it
         entry = audited(audit_log)[-1]

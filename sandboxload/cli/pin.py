@@ -10,6 +10,7 @@ from .. import pinning
 from ..errors import NotARegularFileError, PolicyError
 from ..fileid import open_regular
 from ..modelfolder import weight_files
+from .inputs import no_weight_files
 
 
 def pin(argv: list[str]) -> int:
@@ -23,8 +24,7 @@ def pin(argv: list[str]) -> int:
     opts = ap.parse_args(argv)
     files = weight_files(opts.paths)
     if not files:
-        sys.stderr.write("sandboxload pin: no weight files found\n")
-        return 2
+        return no_weight_files("pin", opts.paths)
     try:
         pinning.write_manifest(files, opts.manifest)
     except OSError as exc:  # NotARegularFileError included: nothing is written then

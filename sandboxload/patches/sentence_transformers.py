@@ -19,9 +19,8 @@ from typing import Any
 from .. import policy
 from ..errors import RemoteCodeRefusedError
 from ..refusals import refuse
+from ..remotecode import is_library_class
 from ._common import entry_point, wrap, wrap_method
-
-ALLOWED_PREFIXES = ("sentence_transformers.", "torch.nn.")
 
 
 def _model_folder() -> str:
@@ -39,8 +38,7 @@ def _model_folder() -> str:
 
 def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
     def import_from_string(dotted_path: str) -> Any:
-        allowed = isinstance(dotted_path, str) and dotted_path.startswith(ALLOWED_PREFIXES)
-        if not allowed and policy.current().remote_code != "allow":
+        if not is_library_class(dotted_path) and policy.current().remote_code != "allow":
             refuse(
                 RemoteCodeRefusedError(
                     _model_folder(),

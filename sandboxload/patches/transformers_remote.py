@@ -32,9 +32,9 @@ from typing import Any, NoReturn
 from .. import policy
 from ..errors import RemoteCodeRefusedError
 from ..refusals import refuse
+from ..remotecode import CUSTOM_GENERATE
 from ._common import entry_point, wrap, wrap_method
 
-CUSTOM_GENERATE = "custom_generate/generate.py"
 _HUB_ARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only")
 
 

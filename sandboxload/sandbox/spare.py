@@ -66,6 +66,7 @@ class Spare:
 _lock = threading.Lock()
 _spare: Spare | None = None
 _program: bytes | None = None
+_filling = False  # a replacement is being started: loads on other threads start none
 _threads: list[threading.Thread] = []
 _starting = threading.Lock()  # guards _threads: a thread is started and listed together
 
@@ -74,7 +75,8 @@ def _after_fork_in_child() -> None:
     """A forked child starts with no spare and a fresh lock (the parent's may have been held
     by another thread at fork time); its copies of the parent spare's descriptors are closed,
     which leaves the parent's spare untouched."""
-    global _lock, _spare, _starting
+    global _filling, _lock, _spare, _starting
+    _filling = False
     _lock = threading.Lock()
     _starting = threading.Lock()
     if _spare is not None:
@@ -112,20 +114,32 @@ def enable(program: bytes) -> None:
 def refill() -> None:
     """Start a replacement spare in the background, if none is ready."""
 
-    def fill() -> None:
-        global _spare
-        with _lock:
-            if _program is None or (_spare is not None and _spare.owner == os.getpid()):
-                return
-            program = _program
-        spare = _start(program)
-        with _lock:
-            if _spare is None or _spare.owner != os.getpid():
-                _spare = spare
-                return
-        discard(spare)
+    global _filling
+    with _lock:
+        # Loads on several threads (``scan --jobs``) each ask for a refill: one starts.
+        if _filling or _program is None or (_spare is not None and _spare.owner == os.getpid()):
+            return
+        _filling, program = True, _program
 
-    _background(fill)
+    def fill() -> None:
+        global _filling, _spare
+        spare = None
+        try:
+            spare = _start(program)
+        finally:
+            with _lock:
+                _filling = False
+                if spare is not None and (_spare is None or _spare.owner != os.getpid()):
+                    _spare, spare = spare, None
+        if spare is not None:
+            discard(spare)
+
+    try:
+        _background(fill)
+    except BaseException:
+        with _lock:
+            _filling = False
+        raise
 
 
 def _background(fn: object) -> None:
@@ -136,6 +150,8 @@ def _background(fn: object) -> None:
 def _track(thread: threading.Thread) -> None:
     """Start ``thread`` and list it, as one step: ``settle`` never sees it unstarted."""
     with _starting:
+        # Finished ones go: a long scan starts a refill per file and must not keep them all.
+        _threads[:] = [t for t in _threads if t.is_alive()]
         thread.start()
         _threads.append(thread)
 

@@ -1,0 +1,47 @@
+"""A scan's rows as text or JSON lines, its summary line and its exit status.
+
+Exit status: 0 every row ok, 1 something refused or unsafe, 2 something could not be read
+(an unreadable file is a gate that did not check it: it must not pass).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from .check import ERROR, OK, REFUSED, UNSAFE, Row
+from .units import Unit
+
+VERDICTS = (OK, REFUSED, UNSAFE, ERROR)
+
+
+def text_line(row: Row) -> str:
+    line = f"{row.verdict.upper():<8} {row.format:<12} {row.file}: {row.detail}"
+    return line + "".join(f"\n{'':<8} {'':<12} (same blob) {p}" for p in row.also)
+
+
+def json_line(row: Row) -> str:
+    return json.dumps(row.as_dict(), sort_keys=True)
+
+
+def summary(units: list[Unit], rows: list[Row]) -> str:
+    """``scanned 1020 files (3.1 GB): 1017 ok, 2 refused, 1 error``."""
+    counts = Counter(r.verdict for r in rows)
+    size = sum(u.size for u in units)
+    parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v] or v == OK]
+    return f"scanned {len(units)} files ({_size(size)}): {', '.join(parts)}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError
+
+
+def exit_status(rows: list[Row]) -> int:
+    verdicts = {r.verdict for r in rows}
+    if ERROR in verdicts:
+        return 2
+    return 1 if verdicts & {REFUSED, UNSAFE} else 0
