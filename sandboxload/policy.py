@@ -12,7 +12,9 @@ A bad value raises :class:`PolicyError` naming the setting, its origin and what 
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -71,6 +73,83 @@ def _dotted(name: str, origin: str) -> None:
         raise PolicyError(f"{origin}: {name!r} is not a dotted global name (module.Name)")
 
 
+def not_plain_data(obj: Any) -> str | None:
+    """Why ``obj`` cannot be an allowed extra global, or None: it must be a class whose
+    instances are rebuilt as ``object.__new__(cls)`` plus a ``__dict__`` update, so none of its
+    code runs. The parent's rebuild applies the same rule. torch is only looked at if imported
+    (a class that subclasses its Tensor implies it is)."""
+    if not isinstance(obj, type):
+        if callable(obj):
+            return "is a function, not a class, and functions are never admitted"
+        return f"is a {type(obj).__name__} value, not a class"
+    if obj.__new__ is not object.__new__:
+        return "is not a plain data class (it has a __new__ of its own)"
+    if "__setstate__" in vars(obj):
+        return "is not a plain data class (it defines __setstate__)"
+    if not obj.__dictoffset__:
+        return "is not a plain data class (its instances have no __dict__)"
+    torch = sys.modules.get("torch")
+    if issubclass(obj, BaseException) or (torch is not None and issubclass(obj, torch.Tensor)):
+        return "is not a plain data class (it is an exception or a tensor)"
+    return None
+
+
+def _built_in(name: str) -> bool:
+    """On the sandbox's own allowlist already (``collections.OrderedDict``): naming it again
+    changes nothing, whatever it is."""
+    from .sandbox.child.allowlist import ALLOWED  # stdlib only; imported for a failing name
+
+    module, _, attr = name.rpartition(".")
+    return (module, attr) in ALLOWED
+
+
+def _refuse_global(origin: str, name: str, problem: str) -> PolicyError:
+    return PolicyError(
+        f"{origin}: {name!r} {problem}. Allowed globals are classes whose instances are "
+        "rebuilt as plain data (made without calling the class, attributes set from the "
+        "file): no __new__ or __setstate__ of their own, not a tensor or an exception. "
+        f"Remove {name!r} from the setting"
+    )
+
+
+def _allowed_global(name: str, origin: str) -> None:
+    _dotted(name, origin)
+    module, _, attr = name.rpartition(".")
+    # Judged now only if its module is already imported, and without running any of it (a
+    # lazy module's __getattr__ could import anything): resolution runs at start-up, where
+    # importing the operator's modules (torch...) would slow every interpreter. The rest is
+    # judged by the first load that needs them (allowed_globals).
+    found = getattr(sys.modules.get(module), "__dict__", {}).get(attr)
+    problem = None if found is None else not_plain_data(found)
+    if problem and not _built_in(name):
+        raise _refuse_global(origin, name, problem)
+
+
+_judged: set[str] = set()
+
+
+def allowed_globals(pol: Policy) -> tuple[str, ...]:
+    """``pol.allow_globals``, each name imported and judged by :func:`not_plain_data` (once
+    per process): a PolicyError naming the setting and its origin, before anything is parsed."""
+    origin = f"allow_globals ({pol.origins.get('allow_globals', 'default')})"
+    for name in pol.allow_globals:
+        if name in _judged or _built_in(name):
+            continue
+        module, _, attr = name.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), attr)
+        except Exception as exc:  # the operator's module failing in any way: typed, named
+            raise PolicyError(
+                f"{origin}: {name!r} cannot be imported ({exc!r}); fix the name, or install "
+                "its module in this environment"
+            ) from exc
+        problem = not_plain_data(found)
+        if problem:
+            raise _refuse_global(origin, name, problem)
+        _judged.add(name)
+    return pol.allow_globals
+
+
 def _formats(value: Any, origin: str) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
@@ -94,13 +173,15 @@ def _path(value: Any, origin: str) -> str | None:
 
 
 def _number(kind: type, low: float) -> Parser:
+    noun = "an int" if kind is int else f"a {kind.__name__}"
+
     def parse(value: Any, origin: str) -> Any:
         try:
             number = kind(value)
         except (TypeError, ValueError):
             number = None
         if number is None or isinstance(value, bool) or number < low:
-            raise PolicyError(f"{origin} = {value!r} must be a {kind.__name__} >= {low:g}")
+            raise PolicyError(f"{origin} = {value!r} must be {noun} >= {low:g}")
         return number
 
     return parse
@@ -143,7 +224,7 @@ class Policy:
     )
     allow_globals: tuple[str, ...] = setting(
         (),
-        _names("module.Name globals", _dotted),
+        _names("module.Name classes", _allowed_global),
         "extra plain data classes a pickle may name (rebuilt without running their code)",
         "MOD.NAME,...",
     )

@@ -85,11 +85,15 @@ def parse_header(prefix: bytes, size: int, name: str) -> Header:
             raise bad(f"tensor {key!r} starts at {begin}, expected {pos} (gap or overlap)")
         pos = end
     if pos != data_len:
-        raise bad(f"tensors cover {pos} bytes of a {data_len}-byte data section")
+        raise bad(f"tensors cover {_count(pos, 'byte')} of a {data_len}-byte data section")
     return Header(n, data_len, tensors, metadata)
 
 
 _KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, int]:
@@ -113,10 +117,13 @@ def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, in
         raise bad(f"tensor {key!r}: data_offsets must be [begin, end] with begin <= end")
     total = numel * bits
     if numel > MAX_ELEMENTS or total % 8:
-        raise bad(f"tensor {key!r}: {numel} elements of {dtype} is not a whole byte count")
+        raise bad(
+            f"tensor {key!r}: {_count(numel, 'element')} of {dtype} is not a whole byte count"
+        )
     if end - begin != total // 8:
         raise bad(
-            f"tensor {key!r}: holds {end - begin} bytes, its dtype and shape need {total // 8}"
+            f"tensor {key!r}: holds {_count(end - begin, 'byte')}, its dtype and shape need "
+            f"{total // 8}"
         )
     return dtype, tuple(shape), begin, end
 

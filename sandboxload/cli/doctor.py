@@ -8,6 +8,7 @@ seccomp filter must kill.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -74,6 +75,12 @@ def _show(value: object) -> str:
 
 
 def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="sandboxload doctor",
+        description="Versions, the start-up hook, every setting with its value and origin, the "
+        "route of each format, and a real sandboxed load plus a probe the seccomp filter must "
+        "kill. Exit status 0 when all is well, 1 otherwise.",
+    ).parse_args(argv)
     ok = True
     print(f"sandboxload {__version__} on Python {sys.version.split()[0]} ({sys.executable})")
     for dist in ("torch", "safetensors", "transformers", "sentence-transformers", "pyseccomp"):

@@ -107,6 +107,14 @@ def run_command(command: list[str]) -> int | None:
 
 def run_subcommand(args: list[str]) -> int | None:
     """``run [--] COMMAND``: a program whose name is one of the reserved words."""
+    if args[:1] in (["-h"], ["--help"]):  # ``run -- --help`` runs a program named --help
+        argparse.ArgumentParser(
+            prog="sandboxload run",
+            usage="%(prog)s [--] COMMAND [ARGS...]",
+            description="Run COMMAND under sandboxload, as the wrapper does, even when its "
+            "name is a reserved word (run, scan, convert, pin, verify, doctor).",
+        ).print_help()
+        return 0
     if args and args[0] == "--":
         args = args[1:]
     if not args:

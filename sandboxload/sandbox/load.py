@@ -17,7 +17,7 @@ import torch
 
 from ..errors import CorruptCheckpointError
 from ..fileid import LRU, FileId
-from ..policy import Policy
+from ..policy import Policy, allowed_globals
 from . import client
 from .owned import OwnedCopy
 from .protocol import READ_ZIP
@@ -43,7 +43,7 @@ def extra_globals(pol: Policy) -> tuple[str, ...]:
     allowlist (``torch.serialization.add_safe_globals`` / ``safe_globals``), under the same
     rule: a plain data class is rebuilt without running its code. Functions there are never
     admitted (a pickle naming one is refused, as any function is)."""
-    names = set(pol.allow_globals)
+    names = set(allowed_globals(pol))  # judged first: a PolicyError, not a bad parse
     for entry in torch.serialization.get_safe_globals():
         obj, spelled = entry if isinstance(entry, tuple) else (entry, None)
         # torch's own entries (nested-tensor and mesh classes) are torch's parity to build,

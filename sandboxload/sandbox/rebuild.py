@@ -24,6 +24,7 @@ import torch
 
 from ..errors import CorruptCheckpointError, SandboxLoadError, UnsafeGlobalError
 from ..maplocation import restore, untyped
+from ..policy import not_plain_data
 from . import rebuild_numpy, rebuild_special
 from .budget import Budget
 from .protocol import (
@@ -136,14 +137,8 @@ class Rebuilder:
         module, _, name = dotted.rpartition(".")
         # The one name resolved here is the operator's own (SANDBOXLOAD_ALLOW_GLOBALS).
         cls = getattr(importlib.import_module(module), name, None)
-        check(
-            isinstance(cls, type)
-            and cls.__new__ is object.__new__
-            and "__setstate__" not in vars(cls)
-            and hasattr(cls, "__dict__")
-            and not issubclass(cls, (torch.Tensor, BaseException)),
-            f"{dotted} is not a plain data class that can be rebuilt without running code",
-        )
+        problem = not_plain_data(cls)  # the rule the policy judged the setting by
+        check(problem is None, f"{dotted} {problem}: it cannot be rebuilt without running code")
         return object.__new__(cls)
 
     def _attrs(self, value: Any) -> dict[str, Any]:

@@ -26,8 +26,14 @@ class GenericObject:
 
     qualname = ""
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # NEWOBJ with no arguments is how pickle makes a plain instance; a call with arguments
+        # would run the class's own __init__, which plain data is rebuilt without.
+        if args or kwargs:
+            raise Unsupported(
+                f"a call of the allowed class {self.qualname!r} with arguments (running its "
+                "__init__; only instances rebuilt from their attributes are plain data)"
+            )
 
 
 class NPDType:
