@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -243,3 +245,51 @@ def test_safetensors_header_errors_count_in_the_singular_and_plural(
         text=True,
     )
     assert said in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+# --- 5. console scripts see their own program name -------------------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("infinity_emb") is None, reason="infinity_emb is not installed"
+)
+def test_infinity_emb_through_the_wrapper_is_named_as_without_it() -> None:
+    script = Path(PY).parent / "infinity_emb"
+    plain = subprocess.run(
+        [str(script), "v2", "--help"], env=clean_env(), capture_output=True, text=True
+    )
+    wrapped = run_cli("infinity_emb", "v2", "--help")
+    assert wrapped.returncode == plain.returncode == 0, wrapped.stderr[-2000:]
+    assert "Usage: infinity_emb v2 [OPTIONS]" in plain.stdout  # what it says by itself
+    assert "Usage: infinity_emb v2 [OPTIONS]" in wrapped.stdout, wrapped.stdout[:500]
+    assert "python -m" not in wrapped.stdout
+
+
+def test_a_console_script_keeps_spawning_children_through_the_wrapper(tmp_path: Path) -> None:
+    """The wrapper gives the script the __main__ it would have had (a file, as pip writes it):
+    multiprocessing's spawn re-runs it in children by path, behind its __main__ guard."""
+    site = tmp_path / "site"
+    dist = site / "spawncmd-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: spawncmd\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[console_scripts]\nspawncmd = spawnmod:main\n")
+    (site / "spawnmod.py").write_text(
+        "import multiprocessing, os, sys\n"
+        "def main():\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        print(pool.map(abs, [-3, 4]), os.path.basename(sys.argv[0]),\n"
+        "              os.path.basename(sys.modules['__main__'].__file__))\n"
+        "    return 0\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "spawncmd"
+    script.write_text(
+        f"#!{PY}\nimport sys\nfrom spawnmod import main\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    env = clean_env(PYTHONPATH=str(site), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    proc = run_cli("spawncmd", env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[3,", "4]", "spawncmd", "spawncmd"]

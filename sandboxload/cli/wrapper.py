@@ -12,6 +12,7 @@ import argparse
 import os
 import shutil
 import sys
+import types
 from importlib import metadata
 
 from .. import __version__, policy
@@ -80,6 +81,18 @@ def _console_script(name: str) -> metadata.EntryPoint | None:
     return None
 
 
+def _script_main(script: str) -> types.ModuleType:
+    """The ``__main__`` the console script would have run as: a file, not ``-m sandboxload``.
+    click and typer derive the program name from it (``Usage: infinity_emb``, not ``python -m
+    sandboxload.infinity_emb``); multiprocessing's spawn re-runs it in children by path, as it
+    would without the wrapper (the script's own ``__main__`` guard keeps that inert)."""
+    main = types.ModuleType("__main__")
+    main.__package__ = None  # what a script has; ``sandboxload`` said "-m"
+    if os.path.isfile(script):
+        main.__file__ = script
+    return main
+
+
 def run_command(command: list[str]) -> int | None:
     from ..bootstrap import activate
 
@@ -87,7 +100,9 @@ def run_command(command: list[str]) -> int | None:
     ep = None if os.sep in name else _console_script(name)
     if ep is not None:
         activate()
-        sys.argv = [shutil.which(name) or name, *args]
+        script = shutil.which(name) or name
+        sys.argv = [script, *args]
+        sys.modules["__main__"] = _script_main(script)
         result = ep.load()()
         return result if isinstance(result, int) or result is None else error(str(result), 1)
     path = name if os.sep in name else shutil.which(name)
