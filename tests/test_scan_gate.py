@@ -346,3 +346,36 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(mirror: Path) -> None:
         assert proc.wait(60) == 0
     assert BAR_DESC.encode() in drawn and b"scanned 4 files" in drawn
     assert len(out.splitlines()) == 3  # the weight files; the config has no finding
+
+
+def test_parses_on_several_threads_share_the_spare_safely(
+    tmp_path: Path, canary: Path, no_leaks: None
+) -> None:
+    """``--jobs``: the sandbox client and its spare worker called from several threads at
+    once, every parse answered by its own child, and nothing left behind but one spare."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    from sandboxload.errors import UnsafeGlobalError
+    from sandboxload.sandbox import spare
+    from sandboxload.scanning.check import classify
+
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"w{i}.pt"
+        obj: dict[str, Any] = {f"t{j}": torch.zeros(j + 1) for j in range(i + 1)}
+        if i % 4 == 3:
+            obj["x"] = Payload(canary)
+        torch.save(obj, path)
+        paths.append(path)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: classify(str(p)), paths * 3))
+    for i, row in enumerate(results):
+        if i % 12 % 4 == 3:
+            assert row.verdict == "refused" and UnsafeGlobalError.__name__ in row.detail
+        else:
+            assert row.detail.startswith(f"pickle with only data: {i % 12 + 1} storages"), row
+    pid, _fds = spare.settle()
+    workers = [p for p in psutil.Process().children() if spare.SPARE_ARG in " ".join(p.cmdline())]
+    assert [p.pid for p in workers] == ([pid] if pid else [])

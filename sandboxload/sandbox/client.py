@@ -173,6 +173,10 @@ def _spawn(
     name: str,
 ) -> tuple[bytes, bytes, int]:
     ready = spare.take() if program and limits.spare else None
+    if program and limits.spare:
+        # The replacement starts now, while this child parses: the next load (a scan's next
+        # file) finds it ready instead of waiting for an interpreter to start.
+        spare.refill()
     if ready is not None and ready.hand_over(argv, (child_fd, memfd)):
         proc, program = ready.proc, b""  # its filter program is already in its stdin
     else:
