@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +31,7 @@ CHUNK = 8 << 20
 _MAX_HOPS = 40  # as the kernel's own limit on symbolic links followed
 
 _digests: LRU[str] = LRU(256)
+Progress = Callable[[int], object]  # called with the number of bytes just hashed
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,14 @@ def manifest(path: str) -> Manifest:
     return _load(os.path.abspath(path), (st.st_ino, st.st_size, st.st_mtime_ns))
 
 
-def digest_fd(fd: int) -> str:
-    """SHA-256 of the whole file open on ``fd`` (pread: nobody's offset moves); cached."""
+def digest_fd(fd: int, progress: Progress | None = None) -> str:
+    """SHA-256 of the whole file open on ``fd`` (pread: nobody's offset moves); cached.
+    ``progress`` is told the bytes hashed, chunk by chunk (the CLI's bar on a terminal)."""
     key = identity(fd)
     cached = _digests.get(key) if key is not None else None
     if cached is not None:
+        if progress is not None:
+            progress(os.fstat(fd).st_size)
         return cached
     h = hashlib.sha256()
     buf = bytearray(CHUNK)  # one buffer, refilled: hashing allocates nothing per chunk
@@ -88,6 +93,8 @@ def digest_fd(fd: int) -> str:
     while n := os.preadv(fd, [buf], offset):
         h.update(view[:n])
         offset += n
+        if progress is not None:
+            progress(n)
     digest = h.hexdigest()
     if key is not None:
         _digests.put(key, digest)
@@ -187,14 +194,16 @@ def hf_blob_digest(path: str) -> str | None:
     return None
 
 
-def write_manifest(paths: list[str], out: str) -> None:
-    """``sha256sum``-style manifest of ``paths``, relative to ``out``'s folder."""
+def write_manifest(paths: list[str], out: str, progress: Progress | None = None) -> None:
+    """``sha256sum``-style manifest of ``paths``, relative to ``out``'s folder (``progress``:
+    as for :func:`digest_fd`, over all of them)."""
     base = os.path.dirname(os.path.abspath(out))
     lines = []
     for p in sorted(paths):
         fd = open_regular(p)
         try:
-            lines.append(f"{digest_fd(fd)}  {os.path.relpath(os.path.abspath(p), base)}")
+            digest = digest_fd(fd, progress)
+            lines.append(f"{digest}  {os.path.relpath(os.path.abspath(p), base)}")
         finally:
             os.close(fd)
     with open(out, "w", encoding="utf-8") as f:

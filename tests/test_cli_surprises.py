@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
+import select
+import struct
 import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +298,74 @@ def test_a_console_script_keeps_spawning_children_through_the_wrapper(tmp_path: 
     proc = run_cli("spawncmd", env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["[3,", "4]", "spawncmd", "spawncmd"]
+
+
+# --- 7. pin and verify show progress on a terminal, and only there ---------------------------
+
+
+def _on_a_terminal(*args: str, timeout: float = 120) -> tuple[int, str, bytes]:
+    """``sandboxload ARGS`` with stderr on a pseudo-terminal: (status, stdout, what the
+    terminal received, read until every end of it closed)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [PY, "-m", "sandboxload", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=clean_env(),
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no end of output within {timeout} s"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process and its children closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None and time.monotonic() > deadline:
+            proc.kill()
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(timeout), out, seen
+
+
+@pytest.fixture
+def big_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        f.truncate(24 << 20)  # sparse: hashed like any file, written in no time
+    return folder
+
+
+def test_pin_and_verify_draw_a_bar_on_a_terminal(tmp_path: Path, big_model: Path) -> None:
+    manifest = tmp_path / "SHA256SUMS"
+    status, out, terminal = _on_a_terminal("pin", "--manifest", str(manifest), str(big_model))
+    assert status == 0, terminal.decode(errors="replace")
+    assert out == f"pinned 1 file in {manifest}\n"
+    assert b"hashing" in terminal and b"\r" in terminal and b"24.0M" in terminal, terminal
+    status, out, terminal = _on_a_terminal("verify", "--manifest", str(manifest))
+    assert status == 0, terminal.decode(errors="replace")
+    assert out == f"OK  {big_model / 'pytorch_model.bin'}\n"
+    assert b"pytorch_model.bin" in terminal and b"\r" in terminal, terminal
+
+
+def test_pin_and_verify_draw_nothing_into_a_pipe(tmp_path: Path, big_model: Path) -> None:
+    (big_model / "model.safetensors").write_bytes(b"x")
+    manifest = tmp_path / "SHA256SUMS"
+    proc = run_cli("pin", "--manifest", str(manifest), str(big_model))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout == f"pinned 2 files in {manifest}\n"
+    proc = run_cli("verify", "--manifest", str(manifest))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "\r" not in proc.stdout and len(proc.stdout.splitlines()) == 2

@@ -1,4 +1,8 @@
-"""``sandboxload pin`` and ``sandboxload verify``: write and check a hash manifest."""
+"""``sandboxload pin`` and ``sandboxload verify``: write and check a hash manifest.
+
+Both show a bar of the bytes hashed on a terminal (hashing a large model takes a while); a
+pipe or a CI log gets none (:mod:`.progress`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from .. import pinning
 from ..errors import NotARegularFileError, PolicyError
 from ..fileid import open_regular
 from ..modelfolder import weight_files
+from . import progress
 from .inputs import no_weight_files
 
 
@@ -26,11 +31,11 @@ def pin(argv: list[str]) -> int:
     if not files:
         return no_weight_files("pin", opts.paths)
     try:
-        pinning.write_manifest(files, opts.manifest)
+        _write(files, opts.manifest)
     except OSError as exc:  # NotARegularFileError included: nothing is written then
         sys.stderr.write(f"sandboxload pin: {exc}\n")
         return 2
-    print(f"pinned {len(files)} file(s) in {opts.manifest}")
+    print(f"pinned {len(files)} file{'' if len(files) == 1 else 's'} in {opts.manifest}")
     return 0
 
 
@@ -62,11 +67,28 @@ def verify(argv: list[str]) -> int:
             print(f"MISSING  {path} ({exc.strerror})")
             bad += 1
             continue
+        bar = progress.bar(os.fstat(fd).st_size, os.path.basename(path), unit="B")
         try:
-            actual = pinning.digest_fd(fd)
+            actual = pinning.digest_fd(fd, bar.update)
         finally:
+            bar.close()  # before the verdict line, which the bar would otherwise overwrite
             os.close(fd)
         ok = actual == expected
         bad += not ok
         print(f"{'OK' if ok else 'MISMATCH'}  {path}")
     return 1 if bad else 0
+
+
+def _write(files: list[str], manifest: str) -> None:
+    bar = progress.bar(sum(map(_size, files)), "hashing", unit="B")
+    try:
+        pinning.write_manifest(files, manifest, bar.update)
+    finally:
+        bar.close()  # before any message, which the bar would otherwise overwrite
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # write_manifest reports it
