@@ -35,6 +35,8 @@ LAYERS = [
         "sandboxload.cli.*",
         "sandboxload.scanning",
         "sandboxload.scanning.*",
+        "sandboxload.conversion",
+        "sandboxload.conversion.*",
         "sandboxload.site.*",
     ],
     [

@@ -372,3 +372,43 @@ def test_infinity_serves_the_converted_folder_with_the_same_vectors(tmp_path: Pa
     assert convert(model).returncode == 0
     converted = tmp_path / "minilm-safetensors"
     assert infinity_embeddings(converted, tmp_path) == infinity_embeddings(model, tmp_path)
+
+
+def test_links_out_of_the_folder_are_refused(tmp_path: Path) -> None:
+    """A folder's file linked to a secret (or to another private model) would be copied or
+    converted into the output, to be published with it."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    private = tmp_path / "private.bin"
+    torch.save({"w": torch.ones(2)}, private)
+    for name, target in (("tokenizer.json", secret), ("extra.bin", private)):
+        model = pickle_copy(tmp_path / f"m-{name}")
+        (model / name).unlink(missing_ok=True)
+        (model / name).symlink_to(target)
+        proc = convert(model)
+        assert proc.returncode == 1 and "outside the model folder" in proc.stderr, proc.stderr
+        assert not (tmp_path / f"m-{name}-safetensors").exists() and not partials(tmp_path)
+        assert convert(model, "--exclude", name).returncode == 0
+
+
+def test_a_hugging_face_cache_snapshot_converts(tmp_path: Path) -> None:
+    """A snapshot's files are links into the repo's blobs/: inside the model, and followed."""
+    source = pickle_copy(tmp_path / "source")
+    repo = tmp_path / "hub" / "models--org--minilm"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for path in source.rglob("*"):
+        rel = path.relative_to(source)
+        if path.is_dir():
+            (snapshot / rel).mkdir()
+            continue
+        blob = repo / "blobs" / f"blob{len(list((repo / 'blobs').iterdir()))}"
+        blob.write_bytes(path.read_bytes())
+        (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
+    out = tmp_path / "converted"
+    proc = convert(snapshot, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    got = encode_unprotected([source, out])
+    assert got[str(out)] == got[str(source)]

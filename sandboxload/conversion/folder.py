@@ -56,6 +56,10 @@ class Converted:
 @dataclass
 class Plan:
     root: str
+    # Where the folder's files may lie once links are followed: the folder itself, and a
+    # Hugging Face cache's blobs/ when the folder is one of its snapshots. A link elsewhere
+    # (~/.ssh/id_rsa, another private model) would be copied or converted into the output.
+    within: tuple[str, ...] = ()
     convert: dict[str, str] = field(default_factory=dict)  # rel pickle -> rel safetensors
     copy: list[str] = field(default_factory=list)  # rel files that go over unchanged
     dirs: list[str] = field(default_factory=list)  # rel directories, empty ones included
@@ -93,7 +97,8 @@ def _read_index(path: str) -> dict[str, str]:
 def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan:
     """Everything a conversion of the folder ``root`` will do, checked before it starts."""
     exclude = tuple(exclude)
-    p = Plan(os.path.realpath(root))
+    real = os.path.realpath(root)
+    p = Plan(real, (real, *_cache_blobs(real)))
     for here, dirs, files in os.walk(p.root):
         rel_here = os.path.relpath(here, p.root)
         for d in sorted(dirs):
@@ -109,7 +114,9 @@ def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan
             rel = os.path.normpath(os.path.join(rel_here, name))
             if _excluded(rel, exclude):
                 p.excluded.append(rel)
-            elif name.endswith((*PICKLE_SUFFIXES, ".npy", ".npz")):
+                continue
+            check_target(p, os.path.join(here, name))
+            if name.endswith((*PICKLE_SUFFIXES, ".npy", ".npz")):
                 _classify(p, rel)
             elif name.endswith(".bin" + INDEX_SUFFIX) or name.endswith(".pt" + INDEX_SUFFIX):
                 p.indexes[rel] = os.path.join(
@@ -122,6 +129,30 @@ def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan
         _check_index(p, index)
     _check_names(p, in_place)
     return p
+
+
+def _cache_blobs(root: str) -> list[str]:
+    """``blobs/`` of the Hugging Face cache repo whose snapshot ``root`` is, if it is one."""
+    snapshots = os.path.dirname(root)
+    if os.path.basename(snapshots) != "snapshots":
+        return []
+    blobs = os.path.join(os.path.dirname(snapshots), "blobs")
+    return [blobs] if os.path.isdir(blobs) else []
+
+
+def inside(p: Plan, real: str) -> bool:
+    return any(os.path.commonpath([base, real]) == base for base in p.within)
+
+
+def check_target(p: Plan, path: str, fd: int | None = None) -> None:
+    """Refuse a file that is (or was opened as) a link to somewhere outside the folder."""
+    real = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else os.path.realpath(path)
+    if not inside(p, real):
+        raise ConversionError(
+            path,
+            f"it links to {real}, outside the model folder",
+            "Copy the file into the folder if it belongs to the model, or --exclude it.",
+        )
 
 
 def _classify(p: Plan, rel: str) -> None:
@@ -169,9 +200,10 @@ def _check_names(p: Plan, in_place: bool) -> None:
             )
 
 
-def _copy(src: str, dest: str) -> None:
+def _copy(p: Plan, src: str, dest: str) -> None:
     fd = open_regular(src)
     try:
+        check_target(p, src, fd)  # what was opened, not what the name pointed to earlier
         mode = os.fstat(fd).st_mode & 0o777
         with os.fdopen(fd, "rb", closefd=False) as fin, open(dest, "xb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 22)
@@ -202,9 +234,15 @@ def _write_json(obj: object, dest: str) -> None:
         os.replace(tmp, dest)
 
 
-def convert_one(path: str, dest: str, key: str | None, drop_non_tensors: bool) -> Converted | None:
+def convert_one(
+    path: str,
+    dest: str,
+    key: str | None,
+    drop_non_tensors: bool,
+    check: Callable[[str, int], None] | None = None,
+) -> Converted | None:
     """Convert the checkpoint ``path`` to ``dest``; None when nothing was left to write."""
-    prep = tensors.select(source.load(path), path, key, drop_non_tensors)
+    prep = tensors.select(source.load(path, check), path, key, drop_non_tensors)
     if not prep.tensors and not prep.aliases:
         return None
     writer.write(prep, dest, path)
@@ -229,7 +267,7 @@ def execute(
         for d in p.dirs:
             os.makedirs(os.path.join(tmp, d), exist_ok=True)
         for rel in p.copy:
-            _copy(os.path.join(p.root, rel), os.path.join(tmp, rel))
+            _copy(p, os.path.join(p.root, rel), os.path.join(tmp, rel))
         done = _run(p, tmp, key, drop_non_tensors, False, each)
         os.rename(tmp, out)  # fails if out appeared meanwhile: nothing is overwritten
         writer.sync_directory(os.path.dirname(os.path.abspath(out)))
@@ -249,7 +287,11 @@ def _run(
     done: dict[str, Converted] = {}
     for rel in each(sorted(p.convert)):
         c = convert_one(
-            os.path.join(p.root, rel), os.path.join(base, p.convert[rel]), key, drop_non_tensors
+            os.path.join(p.root, rel),
+            os.path.join(base, p.convert[rel]),
+            key,
+            drop_non_tensors,
+            lambda path, fd: check_target(p, path, fd),
         )
         if c is not None:
             done[rel] = c

@@ -11,6 +11,7 @@ the loaders use.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from .. import formats, loader, policy, routes
@@ -29,11 +30,14 @@ def is_checkpoint(fmt: str) -> bool:
     return fmt != formats.SAFETENSORS and fmt in formats.READER
 
 
-def load(path: str) -> Any:
+def load(path: str, check: Callable[[str, int], None] | None = None) -> Any:
     """The checkpoint at ``path``, rebuilt from the sandbox's description; tensors own their
-    memory (nothing maps the file once this returns)."""
+    memory (nothing maps the file once this returns). ``check(path, fd)`` vets the file
+    opened before a byte of it is read."""
     pol = dataclasses.replace(policy.current(), pickle="sandbox", formats=())
     with loader.open_source(path) as src:
+        if check is not None and src.fd is not None:
+            check(path, src.fd)
         a = loader.decide(src, pol, API, routes.ANY_WEIGHTS)
         if a.route.refused:
             a.log.write("refused", a.route.name, a.route.reason)

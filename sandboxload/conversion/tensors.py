@@ -131,7 +131,7 @@ def _deduplicate(tensors: dict[str, torch.Tensor], dropped: list[str]) -> Prepar
         ptr = storage.data_ptr() if storage.nbytes() else 0
         group = by_storage.setdefault(ptr, []) if ptr else []
         same = next((k for k in group if _view(tensors[k]) == _view(t)), None)
-        if same is not None:
+        if same is not None and name not in FORMAT_METADATA:  # "format" stays "pt"
             aliases[name] = same
             continue
         # A second, different view of one storage gets bytes of its own: safetensors

@@ -77,14 +77,23 @@ def write(prep: Prepared, dest: str, source: str) -> int:
     import safetensors.torch
 
     with temporary_beside(dest) as tmp:
-        safetensors.torch.save_file(prep.tensors, tmp, metadata=prep.metadata)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        verify(tmp, prep, source)
+            safetensors.torch.save_file(prep.tensors, tmp, metadata=prep.metadata)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            verify(tmp, prep, source)
+        except (ConversionError, OSError):
+            raise
+        except Exception as exc:  # e.g. a tensor named "__metadata__"; not KeyboardInterrupt
+            raise ConversionError(
+                source,
+                f"safetensors cannot store it as it is ({exc})",
+                "Rename the offending tensor.",
+            ) from None
         os.replace(tmp, dest)
     sync_directory(os.path.dirname(os.path.abspath(dest)))
     return size
