@@ -55,12 +55,14 @@ def build(root: Path, small: int, large: int, seed: int = 0) -> tuple[int, int]:
     return files, total
 
 
-def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds of one run (after a warm-up run) and its exit status."""
+def timed(argv: list[str]) -> tuple[float, int, str]:
+    """Wall seconds of one run (after a warm-up run), its exit status and last output line."""
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return time.perf_counter() - start, proc.returncode
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return seconds, proc.returncode, lines[-1] if lines else ""
 
 
 def main() -> int:
@@ -86,10 +88,10 @@ def main() -> int:
             print("picklescan: not installed (.venv/bin/python -m pip install picklescan); skipped")
         print(f"{'tool':<28} {'seconds':>8} {'files/s':>9} {'MB/s':>8}  exit")
         for name, argv in runs.items():
-            seconds, status = timed(argv)
+            seconds, status, last = timed(argv)
             print(
                 f"{name:<28} {seconds:>8.2f} {files / seconds:>9.1f} "
-                f"{size / MB / seconds:>8.1f}  {status}"
+                f"{size / MB / seconds:>8.1f}  {status}  {last[:70]}"
             )
     return 0
 

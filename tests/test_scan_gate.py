@@ -379,3 +379,16 @@ def test_parses_on_several_threads_share_the_spare_safely(
     pid, _fds = spare.settle()
     workers = [p for p in psutil.Process().children() if spare.SPARE_ARG in " ".join(p.cmdline())]
     assert [p.pid for p in workers] == ([pid] if pid else [])
+
+
+def test_a_linked_directory_is_not_passed_silently(tmp_path: Path) -> None:
+    """os.walk does not follow a linked directory; the gate says it did not check it."""
+    (tmp_path / "real").mkdir()
+    torch.save(state_dict(1), tmp_path / "real" / "w.pt")
+    (tmp_path / "mirror").mkdir()
+    safetensors.torch.save_file(state_dict(1), str(tmp_path / "mirror" / "w.safetensors"))
+    (tmp_path / "mirror" / "latest").symlink_to(tmp_path / "real")
+    proc = scan("--json", str(tmp_path / "mirror"))
+    assert proc.returncode == 2
+    link = [r for r in rows(proc) if r["file"].endswith("latest")]
+    assert len(link) == 1 and link[0]["verdict"] == "error" and "not followed" in link[0]["detail"]

@@ -23,7 +23,7 @@ from typing import Any
 from .. import formats, loader, pinning, policy, remotecode, routes
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
-from .units import CODE, CONFIG, CUSTOM_GENERATE, Unit
+from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, Unit
 
 OK, REFUSED, UNSAFE, ERROR = "ok", "refused", "unsafe", "error"
 # Rule ids (SARIF ruleId): what kind of finding a row is.
@@ -51,6 +51,9 @@ def check(unit: Unit, pol: policy.Policy | None = None) -> list[Row]:
     first, also = unit.paths[0], unit.paths[1:]
     if unit.problem is not None:
         return [Row(first, REFUSED, unit.problem, CACHE_INTEGRITY, also=also)]
+    if unit.kind == DIR_LINK:
+        detail = "a linked directory, not followed, so not checked: scan its target by its path"
+        return [Row(first, ERROR, detail, UNREADABLE, also=also)]
     if unit.kind == CODE:
         return [_remote(first, f"Python code: {os.path.basename(first)}", pol, also)]
     if unit.kind == CUSTOM_GENERATE:

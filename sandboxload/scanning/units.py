@@ -23,13 +23,14 @@ from ..pinning import hf_blob_digest
 from ..remotecode import CUSTOM_GENERATE_DIR, is_code, is_config
 
 WEIGHTS, CONFIG, CODE, CUSTOM_GENERATE = "weights", "config", "code", "custom_generate"
+DIR_LINK = "dir_link"  # a linked directory: not followed (it may leave the root, or loop)
 _CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")
 _DIGEST = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}")
 
 
 @dataclass
 class Unit:
-    kind: str  # WEIGHTS, CONFIG, CODE or CUSTOM_GENERATE
+    kind: str  # WEIGHTS, CONFIG, CODE, CUSTOM_GENERATE or DIR_LINK
     key: str  # what --shard splits by
     paths: list[str] = field(default_factory=list)  # as listed; the first is the one read
     size: int = 0
@@ -57,6 +58,10 @@ def collect(roots: list[str]) -> list[Unit]:
             in_custom = CUSTOM_GENERATE_DIR in rel_folder.split(os.sep)
             if os.path.basename(folder) == CUSTOM_GENERATE_DIR:
                 _add(units, CUSTOM_GENERATE, folder, _posix(rel_folder))
+            for name in dirs:
+                path = os.path.join(folder, name)
+                if os.path.islink(path):  # os.walk skips it: say so, never pass it silently
+                    _add(units, DIR_LINK, path, _posix(os.path.relpath(path, root)))
             for name in sorted(files):
                 kind = kind_of(name)
                 if kind is None or (kind == CODE and in_custom):
