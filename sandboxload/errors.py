@@ -260,12 +260,15 @@ class UnknownOriginError(UnpinnedFileError):
 class FormatNotAllowedError(_FileError, PermissionError):
     """The file's format is not in SANDBOXLOAD_FORMATS."""
 
-    def __init__(self, file: str, fmt: str, allowed: tuple[str, ...]) -> None:
+    def __init__(
+        self, file: str, fmt: str, allowed: tuple[str, ...], origin: str = "SANDBOXLOAD_FORMATS"
+    ) -> None:
         self.format = fmt
         super().__init__(
             file,
-            f"sandboxload refused {file!r}: its bytes are {fmt}, and SANDBOXLOAD_FORMATS "
-            f"allows only {', '.join(allowed)}. Convert the file, or widen the allowlist.",
+            f"sandboxload refused {file!r}: its bytes are {fmt}, and the format allowlist "
+            f"({origin}) allows only {', '.join(allowed)}. Convert the file "
+            "(sandboxload convert), or widen the allowlist where it is set.",
         )
 
 

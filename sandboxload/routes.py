@@ -64,8 +64,10 @@ def _refuse(reason: str, error: Callable[[str], SandboxLoadError]) -> Route:
 def route(fmt: str, pol: Policy, asked: str = ANY_WEIGHTS) -> Route:
     """The route for a file whose bytes sniffed as ``fmt``."""
     if pol.formats and formats.POLICY_NAME.get(fmt) not in pol.formats:
-        allowed = pol.formats
-        return _refuse("FormatNotAllowedError", lambda f: FormatNotAllowedError(f, fmt, allowed))
+        allowed, origin = pol.formats, pol.origins.get("formats", "default")
+        return _refuse(
+            "FormatNotAllowedError", lambda f: FormatNotAllowedError(f, fmt, allowed, origin)
+        )
     if asked == SAFETENSORS_ONLY:
         if fmt == formats.SAFETENSORS:
             return Route(SAFETENSORS, "valid safetensors header")

@@ -184,13 +184,22 @@ def test_safetensors_only_allowlist(
     renamed = tmp_path / "model.safetensors"
     torch.save({"w": torch.ones(2)}, renamed)  # a pickle named like safetensors
     for load in (lambda: safetensors.torch.load_file(str(renamed)), lambda: torch.load(renamed)):
-        with pytest.raises(FormatNotAllowedError, match="torch-zip"):
+        with pytest.raises(FormatNotAllowedError, match=r"torch-zip.*env SANDBOXLOAD_FORMATS"):
             load()
+    # The message names where the allowlist was set: here a policy file, not the env.
+    monkeypatch.delenv("SANDBOXLOAD_FORMATS")
+    toml = tmp_path / "policy.toml"
+    toml.write_text('formats = ["safetensors"]\n')
+    monkeypatch.setenv("SANDBOXLOAD_POLICY", str(toml))
+    with pytest.raises(FormatNotAllowedError, match=f"file {re.escape(str(toml))}"):
+        torch.load(renamed)
+    monkeypatch.delenv("SANDBOXLOAD_POLICY")
+    monkeypatch.setenv("SANDBOXLOAD_FORMATS", "safetensors")
     with pytest.raises(FormatNotAllowedError):
         SentenceTransformer(str(pickle_copy(tmp_path / "pkl")), device="cpu")
     SentenceTransformer(str(copy_model(tmp_path / "st")), device="cpu")  # still loads
     log = audited(audit_log)
-    assert [e["decision"] for e in log if e["file"] == str(renamed)] == ["refused", "refused"]
+    assert [e["decision"] for e in log if e["file"] == str(renamed)] == ["refused"] * 3
     assert log[-1]["decision"] == "loaded" and log[-1]["format"] == "safetensors"
 
 
