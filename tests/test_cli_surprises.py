@@ -121,6 +121,16 @@ def test_a_function_of_a_module_imported_later_is_a_policy_error_at_the_load(
     assert "functions are never admitted" in proc.stdout
 
 
+def test_doctor_judges_every_allowed_global() -> None:
+    env = clean_env(SANDBOXLOAD_ALLOW_GLOBALS="tests.plain_classes.touch")
+    proc = run_cli("doctor", env=env, cwd=ROOT)
+    assert proc.returncode == 1
+    assert (
+        "policy: ERROR allow_globals (env SANDBOXLOAD_ALLOW_GLOBALS): "
+        "'tests.plain_classes.touch' is a function"
+    ) in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_resolving_the_policy_imports_none_of_the_allowed_modules(tmp_path: Path) -> None:
     """A policy file makes activation resolve the policy at start-up: it must not import the
     modules named in allow_globals (nor torch) to judge them."""

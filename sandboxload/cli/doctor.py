@@ -94,6 +94,7 @@ def main(argv: list[str]) -> int:
     )
     try:
         pol = policy.current()
+        policy.allowed_globals(pol)  # imports the modules named, as the first load would
     except PolicyError as exc:
         print(f"policy: ERROR {exc}")
         return 1
