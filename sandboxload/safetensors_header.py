@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import InvalidSafetensorsError
 from .fileid import LRU, identity
+from .wording import count
 
 HEADER_CAP = 100 * 1024 * 1024  # safetensors' own limit
 # dtype -> bits per element (sub-byte dtypes pack several elements per byte).
@@ -85,15 +86,11 @@ def parse_header(prefix: bytes, size: int, name: str) -> Header:
             raise bad(f"tensor {key!r} starts at {begin}, expected {pos} (gap or overlap)")
         pos = end
     if pos != data_len:
-        raise bad(f"tensors cover {_count(pos, 'byte')} of a {data_len}-byte data section")
+        raise bad(f"tensors cover {count(pos, 'byte')} of a {data_len}-byte data section")
     return Header(n, data_len, tensors, metadata)
 
 
 _KEYS = frozenset({"dtype", "shape", "data_offsets"})
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, int]:
@@ -117,12 +114,10 @@ def _entry(key: str, info: Any, bad: Any) -> tuple[str, tuple[int, ...], int, in
         raise bad(f"tensor {key!r}: data_offsets must be [begin, end] with begin <= end")
     total = numel * bits
     if numel > MAX_ELEMENTS or total % 8:
-        raise bad(
-            f"tensor {key!r}: {_count(numel, 'element')} of {dtype} is not a whole byte count"
-        )
+        raise bad(f"tensor {key!r}: {count(numel, 'element')} of {dtype} is not a whole byte count")
     if end - begin != total // 8:
         raise bad(
-            f"tensor {key!r}: holds {_count(end - begin, 'byte')}, its dtype and shape need "
+            f"tensor {key!r}: holds {count(end - begin, 'byte')}, its dtype and shape need "
             f"{total // 8}"
         )
     return dtype, tuple(shape), begin, end

@@ -61,7 +61,13 @@ LAYERS = [
         "sandboxload.sandbox",
         "sandboxload.sandbox.*",
     ],
-    ["sandboxload.errors", "sandboxload.fileid", "sandboxload.formats", "sandboxload.zipnames"],
+    [
+        "sandboxload.errors",
+        "sandboxload.fileid",
+        "sandboxload.formats",
+        "sandboxload.zipnames",
+        "sandboxload.wording",
+    ],
     [f"{CHILD}", f"{CHILD}.*"],
     [CONTRACT],  # the wire contract: the one module both sides of the boundary share
 ]

@@ -281,7 +281,7 @@ def test_pin_and_verify_subcommands(tmp_path: Path) -> None:
     manifest = tmp_path / "SUMS"
 
     proc = run_cli("pin", "--manifest", str(manifest), str(model))
-    assert proc.returncode == 0 and "pinned 1 file(s)" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "pinned 1 file in" in proc.stdout, proc.stderr
     assert manifest.read_text().endswith("  m/model.safetensors\n")
     assert run_cli("verify", "--manifest", str(manifest)).returncode == 0
     flip_a_byte(model / "model.safetensors")

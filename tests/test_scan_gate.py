@@ -290,7 +290,7 @@ def test_a_malicious_pickle_is_refused_and_nothing_runs(mirror: Path, canary: Pa
     assert proc.returncode == 1
     assert proc.stdout.startswith("REFUSED ") and "posix.system" in proc.stdout
     assert re.fullmatch(
-        r"scanned 1 files \(1\.\d KB\): 0 ok, 1 refused", proc.stdout.splitlines()[-1]
+        r"scanned 1 file \(1\.\d KB\): 0 ok, 1 refused", proc.stdout.splitlines()[-1]
     )
     assert not canary.exists()
 
@@ -375,7 +375,9 @@ def test_parses_on_several_threads_share_the_spare_safely(
         if i % 12 % 4 == 3:
             assert row.verdict == "refused" and UnsafeGlobalError.__name__ in row.detail
         else:
-            assert row.detail.startswith(f"pickle with only data: {i % 12 + 1} storages"), row
+            n = i % 12 + 1
+            want = f"pickle with only data: {n} storage{'s' if n > 1 else ''} "
+            assert row.detail.startswith(want), row
     pid, _fds = spare.settle()
     workers = [p for p in psutil.Process().children() if spare.SPARE_ARG in " ".join(p.cmdline())]
     assert [p.pid for p in workers] == ([pid] if pid else [])

@@ -11,8 +11,8 @@ import sys
 
 from .wrapper import error, export_options, parse_args, run_command
 
-# Reserved word -> "module:function" taking the remaining arguments (None: not built yet).
-SUBCOMMANDS: dict[str, str | None] = {
+# Reserved word -> "module:function" taking the remaining arguments.
+SUBCOMMANDS: dict[str, str] = {
     "run": "sandboxload.cli.wrapper:run_subcommand",
     "scan": "sandboxload.cli.scan:main",
     "convert": "sandboxload.cli.convert:main",
@@ -39,13 +39,6 @@ def main(argv: list[str] | None = None) -> int | None:
         return error("no COMMAND given (see --help)", 2)
     if command[0] not in SUBCOMMANDS:
         return run_command(command)
-    target = SUBCOMMANDS[command[0]]
-    if target is None:
-        return error(
-            f"'{command[0]}' is reserved for a subcommand that this version does not have "
-            "yet; use 'run -- COMMAND' to run a program of that name",
-            2,
-        )
-    module, _, func = target.partition(":")
+    module, _, func = SUBCOMMANDS[command[0]].partition(":")
     result: int | None = getattr(importlib.import_module(module), func)(command[1:])
     return result

@@ -25,6 +25,7 @@ import os
 import sys
 
 from ..errors import SandboxLoadError
+from ..wording import count
 from . import progress
 
 
@@ -132,7 +133,7 @@ def _folder(opts: argparse.Namespace) -> int:
         print(f"left out {os.path.join(root, rel)} (--exclude)")
     left = len(p.convert) - len(done)
     tail = f"; {left} left out with nothing to write" if left else ""
-    print(f"converted {len(done)} checkpoint(s) into {out or root}{tail}")
+    print(f"converted {count(len(done), 'checkpoint')} into {out or root}{tail}")
     return 0
 
 

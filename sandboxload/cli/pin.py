@@ -14,6 +14,7 @@ from .. import pinning
 from ..errors import NotARegularFileError, PolicyError
 from ..fileid import open_regular
 from ..modelfolder import weight_files
+from ..wording import count
 from . import progress
 from .inputs import no_weight_files
 
@@ -35,7 +36,7 @@ def pin(argv: list[str]) -> int:
     except OSError as exc:  # NotARegularFileError included: nothing is written then
         sys.stderr.write(f"sandboxload pin: {exc}\n")
         return 2
-    print(f"pinned {len(files)} file{'' if len(files) == 1 else 's'} in {opts.manifest}")
+    print(f"pinned {count(len(files), 'file')} in {opts.manifest}")
     return 0
 
 

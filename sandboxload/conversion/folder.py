@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from .. import formats
 from ..errors import ConversionError
 from ..fileid import open_regular
+from ..wording import a
 from . import source, tensors, writer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -165,7 +166,7 @@ def _classify(p: Plan, rel: str) -> None:
     else:
         raise ConversionError(
             path,
-            f"it is named like a checkpoint but is a {fmt} file, which cannot be converted",
+            f"it is named like a checkpoint but is {a(fmt)} file, which cannot be converted",
             "Remove it, or leave it out with --exclude.",
         )
 

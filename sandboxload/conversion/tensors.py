@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
+from ..wording import a, count
 
 FORMAT_METADATA = {"format": "pt"}  # what transformers checks before loading a safetensors file
 
@@ -50,17 +51,17 @@ def _what(value: Any) -> str:
         if value.is_quantized:
             return f"a quantized tensor ({value.dtype})"
         if value.layout != torch.strided:
-            return f"a {value.layout} tensor"
+            return a(f"{value.layout} tensor")
         if value.is_nested:
             return "a nested tensor"
         if value.device.type == "meta":
             return "a tensor without data (meta)"
-        return f"a {value.dtype} tensor, a dtype safetensors cannot store"
+        return f"{a(str(value.dtype))} tensor, a dtype safetensors cannot store"
     if isinstance(value, Mapping):
-        return f"a {type(value).__name__} of {len(value)} entries"
+        return f"{a(type(value).__name__)} of {count(len(value), 'entry', 'entries')}"
     if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of {len(value)} items"
-    return f"a {type(value).__name__}"
+        return f"{a(type(value).__name__)} of {count(len(value), 'item')}"
+    return a(type(value).__name__)
 
 
 def _plain(value: Any) -> bool:

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConversionError
 from ..patches import registry
+from ..wording import count
 from .tensors import Prepared
 
 
@@ -64,7 +65,8 @@ def verify(path: str, prep: Prepared, source: str) -> None:
                 ):
                     differ.append(name)
     if differ or metadata != prep.metadata:
-        what = f"tensor(s) {', '.join(differ[:5])}" if differ else "its metadata"
+        names = ", ".join(differ[:5])
+        what = f"{count(len(differ), 'tensor')}: {names}" if differ else "its metadata"
         raise ConversionError(
             source,
             f"the safetensors file written for it did not read back equal ({what})",

@@ -23,6 +23,7 @@ from typing import Any
 from .. import formats, loader, pinning, policy, remotecode, routes
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
+from ..wording import count
 from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, Unit
 
 OK, REFUSED, UNSAFE, ERROR = "ok", "refused", "unsafe", "error"
@@ -128,7 +129,7 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
         from ..safetensors_header import read_header
 
         header = read_header(a.src.fd, a.src.name)
-        return OK, f"valid header, {len(header.tensors)} tensors"
+        return OK, f"valid header, {count(len(header.tensors), 'tensor')}"
     reader = formats.READER.get(a.fmt)
     if a.route.name == routes.IN_PROCESS and reader is None:
         return UNSAFE, f"pickle=allow hands this {a.fmt} file to torch's own loader in-process"
@@ -140,7 +141,7 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
             return UNSAFE, f"pickle=allow would load it in-process: {type(exc).__name__}: {exc}"
         raise
     where = "in-process (pickle=allow)" if a.route.name == routes.IN_PROCESS else "the sandbox"
-    return OK, f"pickle with only data: {storages} storages (loads through {where})"
+    return OK, f"pickle with only data: {count(storages, 'storage')} (loads through {where})"
 
 
 _importing = threading.Lock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from ..wording import count
 from .check import ERROR, OK, REFUSED, UNSAFE, Row
 from .units import Unit
 
@@ -26,10 +27,14 @@ def json_line(row: Row) -> str:
 
 def summary(units: list[Unit], rows: list[Row]) -> str:
     """``scanned 1020 files (3.1 GB): 1017 ok, 2 refused, 1 error``."""
-    counts = Counter(r.verdict for r in rows)
+    worst: dict[str, int] = {}  # a file's verdict is its worst row's; no row at all: ok
+    for r in rows:
+        worst[r.file] = max(worst.get(r.file, 0), VERDICTS.index(r.verdict))
+    counts = Counter(VERDICTS[w] for w in worst.values())
+    counts[OK] += max(0, len(units) - len(worst))
     size = sum(u.size for u in units)
     parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v] or v == OK]
-    return f"scanned {len(units)} files ({_size(size)}): {', '.join(parts)}"
+    return f"scanned {count(len(units), 'file')} ({_size(size)}): {', '.join(parts)}"
 
 
 def _size(n: int) -> str:
