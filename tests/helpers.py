@@ -8,13 +8,17 @@ Test modules import from here (and from the fixture builders ``attacks``, ``corp
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from pathlib import Path
@@ -340,3 +344,40 @@ def load_in_worker(path: str) -> object:
 
     sandboxload.activate()
     return torch.load(path)
+
+
+def on_a_terminal(*args: str, timeout: float = 120) -> tuple[int, str, bytes]:
+    """``sandboxload ARGS`` with stderr on a pseudo-terminal: (status, stdout, what the
+    terminal received, read until every end of it closed)."""
+    master, slave = os.openpty()
+    # A terminal of 24x100 (a fresh pty is 0x0: tqdm would fit its bar into no columns).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [PY, "-m", "sandboxload", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=clean_env(),
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no end of output within {timeout} s"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process and its children closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None and time.monotonic() > deadline:
+            proc.kill()
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(timeout), out, seen

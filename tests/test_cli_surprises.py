@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
-import select
 import struct
 import subprocess
-import termios
-import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import PY, clean_env, run_cli, run_py
+from .helpers import PY, clean_env, on_a_terminal, run_cli, run_py
 
 ROOT = Path(__file__).parent.parent
 SUBCOMMANDS = ("doctor", "pin", "verify", "scan", "run", "convert")
@@ -228,7 +224,6 @@ def test_an_int_setting_says_an_int() -> None:
 
 def _safetensors(path: Path, dtype: str, shape: list[int], end: int, data: int) -> Path:
     import json
-    import struct
 
     header = json.dumps({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, end]}})
     path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * data)
@@ -346,42 +341,6 @@ def test_demo_compares_the_vectors_instead_of_hashing_them(tmp_path: Path) -> No
 # --- 7. pin and verify show progress on a terminal, and only there ---------------------------
 
 
-def _on_a_terminal(*args: str, timeout: float = 120) -> tuple[int, str, bytes]:
-    """``sandboxload ARGS`` with stderr on a pseudo-terminal: (status, stdout, what the
-    terminal received, read until every end of it closed)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [PY, "-m", "sandboxload", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=clean_env(),
-    )
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"no end of output within {timeout} s"
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the process and its children closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
-        if proc.poll() is None and time.monotonic() > deadline:
-            proc.kill()
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    proc.stdout.close()
-    return proc.wait(timeout), out, seen
-
-
 @pytest.fixture
 def big_model(tmp_path: Path) -> Path:
     folder = tmp_path / "model"
@@ -391,13 +350,13 @@ def big_model(tmp_path: Path) -> Path:
     return folder
 
 
-def test_pin_and_verify_draw_a_bar_on_a_terminal(tmp_path: Path, big_model: Path) -> None:
+def test_pin_and_verify_draw_a_baron_a_terminal(tmp_path: Path, big_model: Path) -> None:
     manifest = tmp_path / "SHA256SUMS"
-    status, out, terminal = _on_a_terminal("pin", "--manifest", str(manifest), str(big_model))
+    status, out, terminal = on_a_terminal("pin", "--manifest", str(manifest), str(big_model))
     assert status == 0, terminal.decode(errors="replace")
     assert out == f"pinned 1 file in {manifest}\n"
     assert b"hashing" in terminal and b"\r" in terminal and b"24.0M" in terminal, terminal
-    status, out, terminal = _on_a_terminal("verify", "--manifest", str(manifest))
+    status, out, terminal = on_a_terminal("verify", "--manifest", str(manifest))
     assert status == 0, terminal.decode(errors="replace")
     assert out == f"OK  {big_model / 'pytorch_model.bin'}\n"
     assert b"pytorch_model.bin" in terminal and b"\r" in terminal, terminal

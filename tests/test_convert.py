@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -31,6 +32,7 @@ from .helpers import (
     encode_unprotected,
     free_port,
     json_without_sandboxload,
+    on_a_terminal,
     pickle_copy,
     server_env,
     sharded_copy,
@@ -413,3 +415,14 @@ def test_a_hugging_face_cache_snapshot_converts(tmp_path: Path) -> None:
     assert not any(p.is_symlink() for p in out.rglob("*"))
     got = encode_unprotected([source, out])
     assert got[str(out)] == got[str(source)]
+
+
+def test_a_bar_on_a_terminal_and_nothing_in_a_pipe(tmp_path: Path) -> None:
+    model = sharded_copy(tmp_path / "sharded", "bin")
+    status, out, terminal = on_a_terminal("convert", str(model), timeout=600)
+    assert status == 0, terminal.decode(errors="replace")
+    assert b"converting" in terminal and b"\r" in terminal and b"3/3" in terminal, terminal
+    assert "converted 3 checkpoints" in out
+    shutil.rmtree(tmp_path / "sharded-safetensors")
+    piped = convert(model)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr

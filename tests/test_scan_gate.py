@@ -4,16 +4,12 @@ schema, a real terminal for the progress bar."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import re
-import select
 import shutil
 import struct
 import subprocess
-import termios
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,7 @@ import torch
 
 from sandboxload.scanning import units
 
-from .helpers import PY, Payload, clean_env, run_cli
+from .helpers import Payload, clean_env, on_a_terminal, run_cli
 
 BAR_DESC = "sandboxload scan"
 
@@ -317,33 +313,8 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(mirror: Path) -> None:
     target = str(mirror / "org0")
     piped = scan("--json", target)
     assert piped.returncode == 0 and BAR_DESC not in piped.stderr and "\r" not in piped.stderr
-    master, slave = os.openpty()
-    # A terminal of 24x100 (a fresh pty is 0x0: tqdm would fit its bar into no columns).
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [PY, "-m", "sandboxload", "scan", "--json", target],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=clean_env(),
-    )
-    os.close(slave)
-    drawn = b""
-    try:
-        while True:  # read until the terminal closes (EIO), so the child never blocks on it
-            select.select([master], [], [], 300)
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            drawn += chunk
-    finally:
-        os.close(master)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        assert proc.wait(60) == 0
+    status, out, drawn = on_a_terminal("scan", "--json", target, timeout=300)
+    assert status == 0, drawn
     assert BAR_DESC.encode() in drawn and b"scanned 4 files" in drawn
     assert len(out.splitlines()) == 3  # the weight files; the config has no finding
 
