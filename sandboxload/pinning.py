@@ -125,15 +125,19 @@ def check(
         return digest
     if path is None:
         raise UnknownOriginError(name, manifest_path)
-    pins = manifest(manifest_path)
-    # The name as given, or the same name in its resolved directory -- never whatever a link
-    # with an unlisted name points to (that would serve another path's pinned bytes).
-    listed = pins.by_path.get(os.path.abspath(path)) or pins.by_path.get(resolved_dir(path))
+    listed = pinned_digest(manifest(manifest_path), path)
     if listed is None:
         raise UnpinnedFileError(path, manifest_path)
     if listed != digest:
         raise HashMismatchError(path, listed, digest, f"the manifest {manifest_path}")
     return digest
+
+
+def pinned_digest(pins: Manifest, path: str) -> str | None:
+    """The digest ``pins`` lists for ``path``: under the name as given, or the same name in
+    its resolved directory -- never whatever a link with an unlisted name points to (that
+    would serve another path's pinned bytes)."""
+    return pins.by_path.get(os.path.abspath(path)) or pins.by_path.get(resolved_dir(path))
 
 
 def check_blob(path: str, data: bytes) -> None:

@@ -153,9 +153,9 @@ def swap_in_a_pickle(folder: Path) -> tuple[str, ...]:
 
 
 def add_a_pickle(folder: Path) -> tuple[str, ...]:
-    """Verify reads only the files the manifest lists; start.sh's scan finds the new one."""
+    """A weight file the manifest does not list: verify, given the models folder, names it."""
     torch.save(state_dict(), folder / "pytorch_model.bin")
-    return "REFUSED", str(folder / "pytorch_model.bin")
+    return "UNPINNED", str(folder / "pytorch_model.bin")
 
 
 @pytest.mark.parametrize("tamper", [append_a_byte, swap_in_a_pickle, add_a_pickle])

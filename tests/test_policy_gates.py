@@ -284,6 +284,15 @@ def test_pin_and_verify_subcommands(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "pinned 1 file in" in proc.stdout, proc.stderr
     assert manifest.read_text().endswith("  m/model.safetensors\n")
     assert run_cli("verify", "--manifest", str(manifest)).returncode == 0
+    # A weight file added after pinning passes a check of the list alone; named folders are
+    # checked for unlisted weight files too.
+    torch.save({"w": torch.ones(1)}, model / "pytorch_model.bin")
+    assert run_cli("verify", "--manifest", str(manifest)).returncode == 0
+    proc = run_cli("verify", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 1 and f"UNPINNED {model / 'pytorch_model.bin'}" in proc.stdout
+    assert f"OK  {model / 'model.safetensors'}" in proc.stdout
+    (model / "pytorch_model.bin").unlink()
+    assert run_cli("verify", "--manifest", str(manifest), str(model)).returncode == 0
     flip_a_byte(model / "model.safetensors")
     proc = run_cli("verify", "--manifest", str(manifest))
     assert proc.returncode == 1 and "MISMATCH" in proc.stdout

@@ -4,9 +4,10 @@
 #
 #   ROOT=/ PYTHON=python3 MODEL=minilm start.sh [INFINITY_ARGS...]
 #
-# 1. `sandboxload verify`: every file pinned at build time is there, unchanged;
-# 2. `sandboxload scan $ROOT/models`: no weight file was added since (verify reads only the
-#    files the manifest lists; the scan refuses any unlisted or pickle file);
+# 1. `sandboxload verify ... $ROOT/models`: every file pinned at build time is there,
+#    unchanged, and no weight file was added below the models since (UNPINNED);
+# 2. `sandboxload scan $ROOT/models`: nothing would be refused under the policy, remote code
+#    (a *.py, an auto_map) added since included;
 # 3. `sandboxload doctor`: the start-up hook, the policy in force and the seccomp sandbox work
 #    on this host (a container runtime's own seccomp profile can break the last one);
 # 4. exec `python -m sandboxload infinity_emb v2 --model-id $ROOT/models/$MODEL INFINITY_ARGS`.
@@ -33,14 +34,14 @@ export INFINITY_ANONYMOUS_USAGE_STATS=${INFINITY_ANONYMOUS_USAGE_STATS:-0}
 export DO_NOT_TRACK=${DO_NOT_TRACK:-1}
 
 say "verify the pinned weights ($etc/SHA256SUMS)"
-if ! "$PYTHON" -m sandboxload verify --manifest "$etc/SHA256SUMS"; then
-  say "a pinned weight file is missing or changed since the build (see above); not starting"
+if ! "$PYTHON" -m sandboxload verify --manifest "$etc/SHA256SUMS" "$ROOT/models"; then
+  say "a weight file is missing, changed or added since the build (see above); not starting"
   exit 1
 fi
 
 say "scan $ROOT/models under $SANDBOXLOAD_POLICY"
 if ! "$PYTHON" -m sandboxload scan "$ROOT/models"; then
-  say "a weight file would be refused (see above); not starting"
+  say "a file would be refused (see above); not starting"
   exit 1
 fi
 

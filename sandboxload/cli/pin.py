@@ -42,9 +42,15 @@ def pin(argv: list[str]) -> int:
 
 def verify(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
-        prog="sandboxload verify", description="Check every file a manifest lists."
+        prog="sandboxload verify",
+        description="Check every file a manifest lists; with PATHs, also that every weight "
+        "file below them is listed (a file added after pinning passes a check of the list "
+        "alone).",
     )
     ap.add_argument("--manifest", required=True)
+    ap.add_argument(
+        "paths", nargs="*", metavar="PATH", help="folders whose weight files must all be listed"
+    )
     opts = ap.parse_args(argv)
     try:
         listed = pinning.manifest(opts.manifest)
@@ -77,6 +83,11 @@ def verify(argv: list[str]) -> int:
         ok = actual == expected
         bad += not ok
         print(f"{'OK' if ok else 'MISMATCH'}  {path}")
+    for path in weight_files(opts.paths):
+        if pinning.pinned_digest(listed, path) is not None:
+            continue
+        print(f"UNPINNED {path} (a weight file the manifest does not list)")
+        bad += 1
     return 1 if bad else 0
 
 
