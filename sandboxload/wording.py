@@ -11,3 +11,9 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
 def a(word: str) -> str:
     """``word`` after its indefinite article."""
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def shown(text: str) -> str:
+    """``text`` for a terminal or a log: a name from a hostile file cannot forge a line or
+    send escape sequences (control characters are written as escapes)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -7,6 +7,7 @@ stacks; a payload given to convert never runs; nothing half-written is ever left
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -103,43 +104,65 @@ def test_sharded_pickle_copy_gets_a_safetensors_index(tmp_path: Path) -> None:
 
 TIED = """
 import json, sys, torch
-from transformers import AutoModelForCausalLM
+import transformers
 ids = torch.tensor([[1, 5, 9, 2, 7]])
 out = {}
-for path in json.loads(sys.argv[1]):
-    model = AutoModelForCausalLM.from_pretrained(path)
+for cls, path in json.loads(sys.argv[1]):
+    model = getattr(transformers, cls).from_pretrained(path).eval()
+    inp, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     out[path] = {
         "logits": model(ids).logits.flatten().tolist(),
-        "tied": model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(),
+        "embedding": inp.flatten().tolist(),
+        "tied": inp.data_ptr() == head.data_ptr(),
     }
 print(json.dumps(out))
 """
 
 
-def test_tied_weights_are_kept_once_and_load_to_the_same_model(tmp_path: Path) -> None:
-    """Tied weights (GPT-2's head is its input embedding): one is written, the other name is
-    recorded in the metadata as safetensors' conversion does, and transformers ties them back
-    to the same logits."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _tiny(kind: str) -> tuple[str, torch.nn.Module]:
+    import transformers
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
-    model = GPT2LMHeadModel(config).eval()
-    folder = tmp_path / "gpt2"
-    config.save_pretrained(folder)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(
+            n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16
+        )
+        return "AutoModelForCausalLM", transformers.GPT2LMHeadModel(config)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=16,
+    )
+    return "AutoModelForMaskedLM", transformers.BertForMaskedLM(config)
+
+
+@pytest.mark.parametrize(("kind", "head_first"), [("gpt2", False), ("bert", True)])
+def test_tied_weights_load_to_the_same_model(tmp_path: Path, kind: str, head_first: bool) -> None:
+    """Tied weights (the head is the input embedding) are written under both names, so the
+    loaders tie them back to the same model -- whatever order the file lists them in (with
+    the head first, keeping the first name only made transformers load a random embedding:
+    found by an attack review)."""
+    auto, model = _tiny(kind)
+    folder = tmp_path / kind
+    model.config.save_pretrained(folder)
     sd = model.state_dict()
-    assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    head = next(k for k in sd if k.endswith(("lm_head.weight", "decoder.weight")))
+    if head_first:
+        sd = {head: sd[head], **{k: v for k, v in sd.items() if k != head}}
+    assert sd[head].data_ptr() == model.get_input_embeddings().weight.data_ptr()
     torch.save(sd, folder / "pytorch_model.bin")
-    out = tmp_path / "gpt2-st"
+    out = tmp_path / f"{kind}-st"
     proc = convert(folder, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "lm_head.weight recorded as transformer.wte.weight" in proc.stdout
     with safetensors.safe_open(str(out / "model.safetensors"), "pt") as f:
-        names = f.keys()
-        assert "lm_head.weight" not in names
-        assert f.metadata() == {"format": "pt", "lm_head.weight": "transformer.wte.weight"}
-    got = json_without_sandboxload(TIED, [str(folder), str(out)])
-    assert got[str(out)]["tied"]
+        names = set(f.keys())
+        assert names == set(sd) and f.metadata() == {"format": "pt"}
+    got = json_without_sandboxload(TIED, [[auto, str(folder)], [auto, str(out)]])
+    assert got[str(out)]["tied"] and got[str(folder)]["tied"]
+    assert got[str(out)]["embedding"] == got[str(folder)]["embedding"]
     assert got[str(out)]["logits"] == got[str(folder)]["logits"]
 
 
@@ -218,8 +241,21 @@ def test_a_failure_midway_leaves_no_output(tmp_path: Path, canary: Path) -> None
     assert not partials(tmp_path)
 
 
-def test_ctrl_c_midway_leaves_no_partial_file(tmp_path: Path) -> None:
-    """SIGINT once the first of three large shards is written: exit 130, nothing left."""
+def _found(root: Path, name: str) -> bool:
+    """Whether a file ``name`` exists below ``root`` (os.walk: directories that vanish while
+    it walks are skipped, as the conversion's temporary ones do)."""
+    return any(name in files for _, _, files in os.walk(root))
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_signal_midway_leaves_no_partial_file(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """Ctrl-C, or SIGTERM (a CI timeout), once the first of three large checkpoints is being
+    written: nothing is left, neither the output folder nor a temporary file."""
     folder = tmp_path / "big"
     folder.mkdir()
     for i in range(3):
@@ -233,17 +269,17 @@ def test_ctrl_c_midway_leaves_no_partial_file(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 300
-        while not any(p.name == "part0.safetensors" for p in tmp_path.rglob("*.safetensors")):
+        while not _found(tmp_path, "part0.safetensors"):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first shard was never written"
+            assert time.monotonic() < deadline, "the first checkpoint was never written"
             time.sleep(0.01)  # polling a condition, not waiting for one
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == status, err
+    assert said in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
     assert not partials(tmp_path)
 
@@ -287,8 +323,8 @@ def test_in_place_removes_the_pickle_only_with_delete_pickle(tmp_path: Path) -> 
     proc = convert(model, "--in-place")
     assert proc.returncode == 0, proc.stderr
     assert (model / "pytorch_model.bin").exists() and (model / "model.safetensors").exists()
-    again = convert(model, "--in-place")  # would overwrite model.safetensors: refused
-    assert again.returncode == 1 and "already exists" in again.stderr
+    again = convert(model, "--in-place")  # beside safetensors the loaders prefer: refused
+    assert again.returncode == 1 and "which the loaders prefer" in again.stderr
     (model / "model.safetensors").unlink()
     proc = convert(model, "--in-place", "--delete-pickle")
     assert proc.returncode == 0, proc.stderr
@@ -406,8 +442,9 @@ def test_a_hugging_face_cache_snapshot_converts(tmp_path: Path) -> None:
         if path.is_dir():
             (snapshot / rel).mkdir()
             continue
-        blob = repo / "blobs" / f"blob{len(list((repo / 'blobs').iterdir()))}"
-        blob.write_bytes(path.read_bytes())
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
         (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
     out = tmp_path / "converted"
     proc = convert(snapshot, "--out", out)

@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import sys
 
+from ..conversion import folder
+from ..conversion.folder import Converted
+from ..conversion.layout import plan, target_name
 from ..errors import SandboxLoadError
-from ..wording import count
+from ..wording import count, shown
 from . import progress
 
 
@@ -71,53 +76,48 @@ def _say(message: str) -> None:
     sys.stderr.write(f"sandboxload convert: {message}\n")
 
 
-def _report(c: object) -> None:
-    from ..conversion.folder import Converted
-
-    assert isinstance(c, Converted)
-    extra = "".join(f"; {a} recorded as {k}" for a, k in sorted(c.aliases.items()))
-    if c.dropped:
-        extra += f"; left out: {', '.join(c.dropped)}"
-    print(f"converted {c.source} -> {c.dest} ({c.tensors} tensors, {c.nbytes / 1e6:.1f} MB{extra})")
+def _report(c: Converted) -> None:
+    extra = f"; left out: {', '.join(c.dropped)}" if c.dropped else ""
+    size = f"{c.nbytes / 1e6:.1f} MB"
+    print(shown(f"converted {c.source} -> {c.dest} ({c.tensors} tensors, {size}{extra})"))
 
 
 def _file(opts: argparse.Namespace) -> int:
-    from ..conversion import folder
-
     path = opts.path
-    name = folder.target_name(os.path.basename(path))
+    name = target_name(os.path.basename(path))
     dest = os.path.join(opts.out or os.path.dirname(os.path.abspath(path)), name)
     if os.path.lexists(dest):
-        _say(f"{dest} already exists; remove it or choose another --out")
+        _say(f"{shown(dest)} already exists; remove it or choose another --out")
         return 2
-    if opts.out:
-        os.makedirs(opts.out, exist_ok=True)
-    c = folder.convert_one(path, dest, opts.key, opts.drop_non_tensors)
-    if c is None:
-        _say(f"{path}: nothing is left to write once its non-tensor entries are left out")
-        return 1
+    made = opts.out is not None and not os.path.isdir(opts.out)
+    if made:
+        os.makedirs(opts.out)
+    try:
+        c = folder.convert_one(path, dest, opts.key, opts.drop_non_tensors)
+    except BaseException:
+        if made:
+            shutil.rmtree(opts.out, ignore_errors=True)  # ours, and holding nothing
+        raise
     _report(c)
     if opts.delete_pickle:
         os.unlink(path)
-        print(f"removed {path}")
+        print(shown(f"removed {path}"))
     return 0
 
 
 def _folder(opts: argparse.Namespace) -> int:
-    from ..conversion import folder
-
     root = os.path.realpath(opts.path)
     out = None if opts.in_place else os.path.abspath(opts.out or root.rstrip("/") + "-safetensors")
     if out is not None:
         if os.path.commonpath([root, os.path.realpath(out)]) == root:
-            _say(f"--out {out} is inside the folder being converted; choose a folder outside it")
+            _say(f"--out {shown(out)} is inside the folder being converted; choose another")
             return 2
         if os.path.lexists(out) and not (os.path.isdir(out) and not os.listdir(out)):
-            _say(f"{out} already exists; remove it or choose another --out")
+            _say(f"{shown(out)} already exists; remove it or choose another --out")
             return 2
-    p = folder.plan(root, opts.exclude, in_place=out is None)
+    p = plan(root, opts.exclude, in_place=out is None)
     if not p.convert:
-        _say(f"no pickle checkpoint found under {root}; nothing to convert")
+        _say(f"no pickle checkpoint found under {shown(root)}; nothing to convert")
         return 2
     done = folder.execute(
         p,
@@ -130,23 +130,35 @@ def _folder(opts: argparse.Namespace) -> int:
     for c in done:
         _report(c)
     for rel in p.excluded:
-        print(f"left out {os.path.join(root, rel)} (--exclude)")
-    left = len(p.convert) - len(done)
-    tail = f"; {left} left out with nothing to write" if left else ""
-    print(f"converted {count(len(done), 'checkpoint')} into {out or root}{tail}")
+        print(shown(f"left out {os.path.join(root, rel)} (--exclude)"))
+    print(shown(f"converted {count(len(done), 'checkpoint')} into {out or root}"))
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a CI timeout, a container stop): unwound like Ctrl-C, temporary files too."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def main(argv: list[str]) -> int:
     opts = _args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _folder(opts) if os.path.isdir(opts.path) else _file(opts)
     except SandboxLoadError as exc:
-        _say(str(exc))
+        _say(shown(str(exc)))
         return 1
     except OSError as exc:
-        _say(f"{exc.filename or opts.path}: {exc.strerror or exc}")
+        _say(shown(f"{exc.filename or opts.path}: {exc.strerror or exc}"))
         return 2
     except KeyboardInterrupt:
         _say("interrupted; no partial file was left behind")
         return 130
+    except _Terminated:
+        _say("terminated; no partial file was left behind")
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)

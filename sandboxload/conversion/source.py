@@ -30,10 +30,10 @@ def is_checkpoint(fmt: str) -> bool:
     return fmt != formats.SAFETENSORS and fmt in formats.READER
 
 
-def load(path: str, check: Callable[[str, int], None] | None = None) -> Any:
-    """The checkpoint at ``path``, rebuilt from the sandbox's description; tensors own their
-    memory (nothing maps the file once this returns). ``check(path, fd)`` vets the file
-    opened before a byte of it is read."""
+def load(path: str, check: Callable[[str, int], None] | None = None) -> tuple[Any, int]:
+    """The checkpoint at ``path``, rebuilt from the sandbox's description (tensors own their
+    memory: nothing maps the file once this returns), and the file's size. ``check(path,
+    fd)`` vets the file opened before a byte of it is read."""
     pol = dataclasses.replace(policy.current(), pickle="sandbox", formats=())
     with loader.open_source(path) as src:
         if check is not None and src.fd is not None:
@@ -49,4 +49,4 @@ def load(path: str, check: Callable[[str, int], None] | None = None) -> Any:
             a.log.write("refused", a.route.name, f"{type(exc).__name__}: {exc}")
             raise
         a.log.write("loaded", a.route.name, "parsed for conversion")
-        return result
+        return result, src.size

@@ -1,12 +1,16 @@
 """What of a checkpoint safetensors can hold: a flat map of names to plain dense tensors.
 
-Shared tensors follow safetensors' own conversion (``convert.py``, ``save_model``): of names
-that view exactly the same bytes (tied weights), one is written and each other name is
-recorded in the metadata as ``removed name -> kept name``. The kept name is the first in the
-checkpoint's order, which is ``state_dict()`` order: the module that owns a tied weight (an
-input embedding) is registered before the head that reuses it, and it is the name the
-loaders tie *from*. Tensors that share a storage without being the same view (slices of one
-buffer) are written as separate copies: every name keeps its exact values.
+Shared tensors: safetensors stores no sharing, so every name is written with bytes of its own
+-- tied weights too. safetensors' own conversion instead writes one name of a tied group and
+records the others in the metadata, choosing by the model class's ``_tied_weights_keys``;
+without that class (resolving it would mean importing what the folder's config names) the
+choice would be the file's: an attack review showed a checkpoint listing a head before its
+embedding making the converted model load a *random* embedding. Loaders tie the copies back
+as they tie the pickle's names, to the same model (tested on both stacks).
+
+The copies cost what they copy, so the total is bounded by the checkpoint's size: a file
+cannot turn a stride-0 view of one element (``expand``) or many views of one buffer into
+gigabytes of output.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ class Prepared:
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
-    aliases: dict[str, str] = field(default_factory=dict)  # removed name -> kept name
     dropped: list[str] = field(default_factory=list)  # "name (what)" left out on request
 
 
@@ -79,9 +82,17 @@ def _holds_tensors(value: Any) -> bool:
     return isinstance(value, Mapping) and any(isinstance(v, torch.Tensor) for v in value.values())
 
 
-def select(obj: Any, file: str, key: str | None, drop_non_tensors: bool) -> Prepared:
+def output_bound(file_size: int) -> int:
+    """The most bytes the tensors of a ``file_size``-byte checkpoint may take once written:
+    tied weights written out several times fit, amplification by views does not."""
+    return 4 * file_size + (64 << 20)
+
+
+def select(
+    obj: Any, file: str, file_size: int, key: str | None, drop_non_tensors: bool
+) -> Prepared:
     """The name -> tensor map in ``obj`` (or in ``obj[key]``); anything else is refused,
-    naming it, unless ``drop_non_tensors``."""
+    naming it, unless ``drop_non_tensors`` (and nothing that holds tensors is ever dropped)."""
     where = file
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
@@ -99,15 +110,14 @@ def select(obj: Any, file: str, key: str | None, drop_non_tensors: bool) -> Prep
         if isinstance(name, str) and _plain(value):
             tensors[name] = value
             continue
-        label = f"{name!r} ({_what(value) if isinstance(name, str) else 'a non-string name'})"
-        (dropped if drop_non_tensors else bad).append(label)
-        if not drop_non_tensors and _holds_tensors(value) and key is None:
+        if _holds_tensors(value):  # weights: never left out, whatever the flags
             raise ConversionError(
                 file,
                 f"entry {name!r} is {_what(value)} holding tensors",
-                f"Convert that mapping with --key {name}, or leave the other entries out "
-                "with --drop-non-tensors.",
+                f"Convert that mapping with --key {name}.",
             )
+        label = f"{name!r} ({_what(value) if isinstance(name, str) else 'a non-string name'})"
+        (dropped if drop_non_tensors else bad).append(label)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ConversionError(
@@ -116,27 +126,35 @@ def select(obj: Any, file: str, key: str | None, drop_non_tensors: bool) -> Prep
             "Leave those entries out with --drop-non-tensors (they are not written), or keep "
             "this checkpoint as it is and load it through the sandbox.",
         )
-    return _deduplicate(tensors, dropped)
+    if not tensors:
+        raise ConversionError(
+            file,
+            f"{where} holds no tensor" + (" besides the entries left out" if dropped else ""),
+            "There is nothing to convert; leave the file out of a folder with --exclude.",
+        )
+    return Prepared(_own_bytes(tensors, file, file_size), dict(FORMAT_METADATA), dropped)
 
 
-def _view(t: torch.Tensor) -> tuple[Any, ...]:
-    return (t.dtype, tuple(t.shape), tuple(t.stride()), t.storage_offset())
-
-
-def _deduplicate(tensors: dict[str, torch.Tensor], dropped: list[str]) -> Prepared:
+def _own_bytes(
+    tensors: dict[str, torch.Tensor], file: str, file_size: int
+) -> dict[str, torch.Tensor]:
+    """Each tensor contiguous and with a storage of its own, within :func:`output_bound`."""
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if total > output_bound(file_size):
+        raise ConversionError(
+            file,
+            f"its tensors would take {total} bytes once written, over {output_bound(file_size)} "
+            f"for a {file_size}-byte file (views or expanded tensors multiply what is stored)",
+            "Save the checkpoint with tensors that own their data (t.clone()).",
+        )
     out: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    by_storage: dict[int, list[str]] = {}
+    seen: set[int] = set()
     for name, t in tensors.items():
         storage = t.untyped_storage()
         ptr = storage.data_ptr() if storage.nbytes() else 0
-        group = by_storage.setdefault(ptr, []) if ptr else []
-        same = next((k for k in group if _view(tensors[k]) == _view(t)), None)
-        if same is not None and name not in FORMAT_METADATA:  # "format" stays "pt"
-            aliases[name] = same
-            continue
-        # A second, different view of one storage gets bytes of its own: safetensors
-        # stores no sharing, and a name dropped for a partial view would lose its values.
-        out[name] = t.clone(memory_format=torch.contiguous_format) if group else t.contiguous()
-        group.append(name)
-    return Prepared(out, {**FORMAT_METADATA, **aliases}, aliases, dropped)
+        # The first view of a storage can be written from it; any other view gets a copy
+        # (safetensors refuses shared storages, and every name keeps its exact values).
+        shared = ptr in seen
+        seen.add(ptr)
+        out[name] = t.clone(memory_format=torch.contiguous_format) if shared else t.contiguous()
+    return out

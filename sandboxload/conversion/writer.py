@@ -24,22 +24,38 @@ from .tensors import Prepared
 
 @contextlib.contextmanager
 def temporary_beside(dest: str, directory: bool = False) -> Iterator[str]:
-    """A hidden temporary path beside ``dest`` (same file system, so the rename is atomic),
-    removed on the way out unless it was renamed to ``dest``."""
+    """A temporary path beside ``dest`` (same file system, so the rename is atomic), inside a
+    private directory of ours (mode 0700: in an attacker-writable folder, nobody else can swap
+    a link in for the file between its writing and its rename); removed on the way out
+    unless it was published. With ``directory``, the private directory itself."""
     parent, base = os.path.split(os.path.abspath(dest))
-    if directory:
-        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=parent)
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=parent)
-        os.close(fd)
+    private = tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=parent)
     try:
-        yield tmp
+        yield private if directory else os.path.join(private, base)
     finally:
-        if os.path.lexists(tmp):
-            if directory:
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                os.unlink(tmp)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def publish(tmp: str, dest: str, directory: bool = False) -> None:
+    """Give ``tmp`` the mode a new file (or folder) gets here, and rename it to ``dest``: a
+    folder only if ``dest`` does not exist (or is empty), a file over whatever is there."""
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+    if directory:
+        os.rename(tmp, dest)
+    else:
+        os.replace(tmp, dest)
+    sync_directory(os.path.dirname(os.path.abspath(dest)))
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -88,7 +104,7 @@ def write(prep: Prepared, dest: str, source: str) -> int:
             finally:
                 os.close(fd)
             verify(tmp, prep, source)
-        except (ConversionError, OSError):
+        except (ConversionError, OSError, MemoryError):
             raise
         except Exception as exc:  # e.g. a tensor named "__metadata__"; not KeyboardInterrupt
             raise ConversionError(
@@ -96,8 +112,7 @@ def write(prep: Prepared, dest: str, source: str) -> int:
                 f"safetensors cannot store it as it is ({exc})",
                 "Rename the offending tensor.",
             ) from None
-        os.replace(tmp, dest)
-    sync_directory(os.path.dirname(os.path.abspath(dest)))
+        publish(tmp, dest)
     return size
 
 

@@ -1,0 +1,229 @@
+"""The plan of a folder's conversion, checked before anything is written.
+
+Every file is placed: a pickle checkpoint to convert (by its weight-like name and its sniffed
+bytes), a shard index to rewrite, a file to carry over unchanged (which must hold no pickle,
+:mod:`.content`), or one the operator left out (``--exclude``). Refused before any work:
+- a file that links outside the folder (it would be copied or converted into the output and
+  published with it), except a Hugging Face snapshot's links to its repository's blobs;
+- a linked directory (the walk would not follow it: its files would silently be missing);
+- an index naming anything but pickles of its own folder being converted;
+- a name the output would take twice, or that exists already;
+- a pickle beside safetensors weights: the loaders prefer the safetensors, so converting the
+  pickle would change which weights the folder loads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .. import formats
+from ..errors import ConversionError
+from ..fileid import open_regular
+from ..wording import a
+from . import content, source
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+NUMPY_SUFFIXES = (".npy", ".npz")
+INDEX_SUFFIX = ".index.json"
+SAFE_WEIGHTS = (".safetensors", ".safetensors" + INDEX_SUFFIX)
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")
+BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def target_name(name: str) -> str:
+    """The safetensors name transformers looks for in place of a pickle's name."""
+    stem = os.path.splitext(name)[0]
+    if stem == "pytorch_model":
+        return "model.safetensors"
+    if stem.startswith("pytorch_model-"):  # a shard: pytorch_model-00001-of-00003.bin
+        return "model" + stem[len("pytorch_model") :] + ".safetensors"
+    return stem + ".safetensors"
+
+
+@dataclass
+class Plan:
+    root: str
+    blobs: str | None = None  # the cache repository's blobs/, when root is one of its snapshots
+    convert: dict[str, str] = field(default_factory=dict)  # rel pickle -> rel safetensors
+    copy: list[str] = field(default_factory=list)  # rel files that go over unchanged
+    dirs: list[str] = field(default_factory=list)  # rel directories, empty ones included
+    indexes: dict[str, str] = field(default_factory=dict)  # rel pickle index -> new index
+    shards: dict[str, list[str]] = field(default_factory=dict)  # rel index -> its shards
+    excluded: list[str] = field(default_factory=list)
+
+
+def _excluded(rel: str, patterns: Iterable[str]) -> bool:
+    return any(
+        fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p) for p in patterns
+    )
+
+
+def _cache_blobs(root: str) -> str | None:
+    """``blobs/`` of the Hugging Face cache repository whose snapshot ``root`` is: only a
+    real cache layout (``models--org--name/snapshots/REV``), not any folder so named."""
+    snapshots = os.path.dirname(root)
+    repo = os.path.dirname(snapshots)
+    blobs = os.path.join(repo, "blobs")
+    if (
+        os.path.basename(snapshots) == "snapshots"
+        and CACHE_REPO.fullmatch(os.path.basename(repo))
+        and os.path.isdir(blobs)
+    ):
+        return blobs
+    return None
+
+
+def check_target(p: Plan, path: str, fd: int | None = None) -> None:
+    """Refuse a file that is (or was opened as) a link to somewhere outside the folder; a
+    snapshot's link may only reach a blob of its own repository (named by its digest)."""
+    real = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else os.path.realpath(path)
+    if os.path.commonpath([p.root, real]) == p.root:
+        return
+    if (
+        p.blobs is not None
+        and os.path.dirname(real) == p.blobs
+        and BLOB_NAME.fullmatch(os.path.basename(real))
+    ):
+        return
+    raise ConversionError(
+        path,
+        f"it links to {real!r}, outside the model folder",
+        "Copy the file into the folder if it belongs to the model, or --exclude it.",
+    )
+
+
+def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan:
+    """Everything a conversion of the folder ``root`` will do, checked before it starts."""
+    exclude = tuple(exclude)
+    real = os.path.realpath(root)
+    p = Plan(real, _cache_blobs(real))
+    for here, dirs, files in os.walk(p.root):
+        rel_here = os.path.relpath(here, p.root)
+        kept = []
+        for d in sorted(dirs):
+            rel = os.path.normpath(os.path.join(rel_here, d))
+            if _excluded(rel, exclude):
+                p.excluded.append(rel)
+                continue
+            if os.path.islink(os.path.join(here, d)):
+                raise ConversionError(
+                    os.path.join(here, d),
+                    "it is a linked directory",
+                    "Convert the folder it links to, or --exclude it.",
+                )
+            p.dirs.append(rel)
+            kept.append(d)
+        dirs[:] = kept  # an excluded directory is not walked
+        for name in sorted(files):
+            rel = os.path.normpath(os.path.join(rel_here, name))
+            if _excluded(rel, exclude):
+                p.excluded.append(rel)
+                continue
+            _place(p, rel)
+    for index in p.indexes:
+        _check_index(p, index)
+    _check_preferred(p)
+    _check_names(p, in_place)
+    return p
+
+
+def _place(p: Plan, rel: str) -> None:
+    path = os.path.join(p.root, rel)
+    check_target(p, path)
+    name = os.path.basename(rel)
+    if name.endswith(tuple(s + INDEX_SUFFIX for s in PICKLE_SUFFIXES)):
+        index = target_name(name[: -len(INDEX_SUFFIX)]) + INDEX_SUFFIX
+        p.indexes[rel] = os.path.join(os.path.dirname(rel), index)
+        return
+    if name.endswith(PICKLE_SUFFIXES):
+        fmt = source.sniff(path)
+        if source.is_checkpoint(fmt):
+            p.convert[rel] = os.path.join(os.path.dirname(rel), target_name(name))
+            return
+        if fmt not in (formats.SAFETENSORS, formats.NUMPY):
+            raise ConversionError(
+                path,
+                f"it is named like a checkpoint but is {a(fmt)} file, which cannot be converted",
+                "Remove it, or leave it out with --exclude.",
+            )
+    why = content.pickle_inside(path)
+    if why is not None:
+        raise ConversionError(
+            path,
+            f"{why}, which a converted folder must not carry over",
+            "Remove it, or leave it out with --exclude.",
+        )
+    p.copy.append(rel)
+
+
+def _read_index(path: str) -> dict[str, str]:
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_INDEX_BYTES:
+        raise ConversionError(path, "the index is larger than 64 MiB", "Check the file.")
+    try:
+        weight_map = json.loads(raw)["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConversionError(path, f"not a shard index ({detail})", "Check the file.") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ConversionError(path, "its weight_map is not names -> file names", "Check it.")
+    return weight_map
+
+
+def _check_index(p: Plan, index: str) -> None:
+    path = os.path.join(p.root, index)
+    here = os.path.dirname(index)
+    shards = sorted(set(_read_index(path).values()))
+    for shard in shards:
+        rel = os.path.normpath(os.path.join(here, shard))
+        if os.path.dirname(rel) != here or shard != os.path.basename(shard):
+            raise ConversionError(path, f"it names {shard!r}, outside its folder", "Fix it.")
+        if rel not in p.convert:
+            raise ConversionError(
+                path,
+                f"it names {shard!r}, which is not a pickle checkpoint being converted",
+                "Fix the index, or convert its shards one by one.",
+            )
+    p.shards[index] = [os.path.normpath(os.path.join(here, s)) for s in shards]
+
+
+def _check_preferred(p: Plan) -> None:
+    """A folder holding safetensors weights loads them, not its pickle: converting the pickle
+    would publish other weights than the folder loads."""
+    safe = {os.path.dirname(r): r for r in p.copy if r.endswith(SAFE_WEIGHTS)}
+    for rel in p.convert:
+        there = safe.get(os.path.dirname(rel))
+        if there is not None:
+            raise ConversionError(
+                os.path.join(p.root, rel),
+                f"its folder already holds safetensors weights ({there}), which the loaders "
+                "prefer: converting the pickle would change which weights the folder loads",
+                "Remove whichever weights are not the model's, or --exclude the pickle.",
+            )
+
+
+def _check_names(p: Plan, in_place: bool) -> None:
+    taken = {*p.copy, *p.dirs, *(p.excluded if in_place else ())}
+    new = Counter([*p.convert.values(), *p.indexes.values()])
+    for rel, times in new.items():
+        if rel in taken or times > 1:
+            raise ConversionError(
+                os.path.join(p.root, rel),
+                "the conversion would write a file of this name, which already exists or "
+                "would be written twice",
+                "Convert into a new folder with --out, or remove the file first.",
+            )
