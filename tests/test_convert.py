@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -463,3 +464,137 @@ def test_a_bar_on_a_terminal_and_nothing_in_a_pipe(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "sharded-safetensors")
     piped = convert(model)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+# --- regressions of the attack review ----------------------------------------------------
+
+
+def test_a_pickle_beside_a_safetensors_index_is_refused(tmp_path: Path) -> None:
+    """The folder loads its safetensors shards (B); a converted pickle (A) as model.safetensors
+    would win over that index, publishing other weights than the folder loads."""
+    model = sharded_copy(tmp_path / "m", "safetensors")
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    proc = convert(model)
+    assert proc.returncode == 1 and "which the loaders prefer" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m-safetensors").exists()
+
+
+def test_expanded_and_many_views_are_bounded(tmp_path: Path) -> None:
+    """A stride-0 view of one element, or many views of one buffer, would be written out in
+    full: refused past a bound tied to the file's size, fast, with a typed error."""
+    tiny = tmp_path / "expand.pt"
+    torch.save({"w": torch.zeros(1).expand(100_000_000)}, tiny)
+    assert tiny.stat().st_size < 4096
+    proc = convert(tiny)
+    assert proc.returncode == 1 and "bytes once written" in proc.stderr, proc.stderr
+    assert not (tmp_path / "expand.safetensors").exists()
+    # Many distinct small views of one storage within the bound: each written, exactly.
+    base = torch.arange(20_000, dtype=torch.float32)
+    views = {f"v{i}": base[i : i + 1] for i in range(20_000)}
+    torch.save(views, tmp_path / "views.pt")
+    assert convert_cli.main([str(tmp_path / "views.pt")]) == 0
+    from safetensors.torch import load_file
+
+    got = load_file(str(tmp_path / "views.safetensors"))
+    assert all(got[f"v{i}"].item() == i for i in range(0, 20_000, 997))
+
+
+def test_entries_holding_tensors_are_never_dropped_nor_their_pickle_deleted(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, model / "pytorch_model.bin")
+    proc = convert(model, "--in-place", "--delete-pickle", "--drop-non-tensors")
+    assert proc.returncode == 1 and "--key state_dict" in proc.stderr, proc.stderr
+    assert (model / "pytorch_model.bin").exists() and not (model / "model.safetensors").exists()
+    torch.save({"epoch": 3, "note": "no weights"}, model / "pytorch_model.bin")
+    proc = convert(model, "--in-place", "--delete-pickle", "--drop-non-tensors")
+    assert proc.returncode == 1 and "holds no tensor" in proc.stderr, proc.stderr
+    assert (model / "pytorch_model.bin").exists()
+
+
+@pytest.mark.parametrize("layout", ["not a cache repository", "blob not named by a digest"])
+def test_only_a_real_cache_snapshot_may_link_out(tmp_path: Path, layout: str) -> None:
+    repo = tmp_path / ("uploads" if layout == "not a cache repository" else "models--o--m")
+    snapshot = repo / "snapshots" / "evil"
+    snapshot.mkdir(parents=True)
+    secret = repo / "blobs" / ("a" * 64 if layout == "not a cache repository" else "secret")
+    secret.parent.mkdir()
+    secret.write_text('{"api_key": "victim"}')
+    (snapshot / "notes.json").symlink_to(os.path.relpath(secret, snapshot))
+    torch.save({"w": torch.ones(2)}, snapshot / "pytorch_model.bin")
+    proc = convert(snapshot, "--out", tmp_path / "pub")
+    assert proc.returncode == 1 and "outside the model folder" in proc.stderr, proc.stderr
+    assert not (tmp_path / "pub").exists()
+
+
+def test_no_pickle_is_carried_over_whatever_its_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    cases = {
+        "ckpt.pth.tar": lambda p: torch.save({"w": torch.ones(1)}, p),
+        "model.pickle": lambda p: p.write_bytes(pickle.dumps({"w": [1.0]}, protocol=4)),
+        "emb.npy": lambda p: np.save(p, np.array([{"x": 1}], dtype=object)),
+        "embs.npz": lambda p: np.savez(p, a=np.ones(2), b=np.array([None], dtype=object)),
+    }
+    for name, make in cases.items():
+        model = pickle_copy(tmp_path / f"m-{name}")
+        make(model / name)
+        proc = convert(model)
+        assert proc.returncode == 1 and name in proc.stderr, (name, proc.stderr)
+        assert not (tmp_path / f"m-{name}-safetensors").exists()
+    model = pickle_copy(tmp_path / "numeric")
+    np.save(model / "emb.npy", np.arange(4.0))  # plain numbers: carried over
+    assert convert(model).returncode == 0
+    assert (tmp_path / "numeric-safetensors" / "emb.npy").read_bytes() == (
+        model / "emb.npy"
+    ).read_bytes()
+
+
+def test_hostile_indexes_and_names_are_typed_errors(tmp_path: Path) -> None:
+    model = sharded_copy(tmp_path / "deep", "bin")
+    (model / "pytorch_model.bin.index.json").write_text("[" * 100_000 + "]" * 100_000)
+    proc = convert(model)
+    assert proc.returncode == 1 and "nested too deeply" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    model = pickle_copy(tmp_path / "dir")
+    (model / "model.safetensors").mkdir()
+    proc = convert(model)
+    assert proc.returncode == 1 and "would write a file of this name" in proc.stderr
+    assert not partials(tmp_path)
+
+
+def test_output_modes_follow_the_umask(tmp_path: Path) -> None:
+    model = pickle_copy(tmp_path / "m")
+    assert convert(model).returncode == 0
+    out = tmp_path / "m-safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_names_from_the_file_cannot_forge_output_lines(tmp_path: Path) -> None:
+    ckpt = tmp_path / "x\nconverted evil -> ok\x1b[2J.pt"
+    torch.save({"w": torch.ones(1)}, ckpt)
+    proc = convert(ckpt)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and "\x1b" not in proc.stdout
+    assert "\\n" in proc.stdout
+
+
+def test_a_failed_file_conversion_leaves_no_out_folder(tmp_path: Path, canary: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(1), "x": Payload(canary)}, evil)
+    assert convert(evil, "--out", tmp_path / "out").returncode == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_excluded_linked_directory_is_left_out(tmp_path: Path) -> None:
+    model = pickle_copy(tmp_path / "m")
+    (model / "linked").symlink_to(tmp_path)
+    assert convert(model).returncode == 1
+    proc = convert(model, "--exclude", "linked")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "m-safetensors" / "linked").exists()
