@@ -73,6 +73,13 @@ def _dotted(name: str, origin: str) -> None:
         raise PolicyError(f"{origin}: {name!r} is not a dotted global name (module.Name)")
 
 
+# What a rebuild of an instance (``object.__new__`` then ``obj.__dict__.update``) or its
+# garbage collection would run of the class's own code. (Hashing and comparing would too:
+# the rebuild never uses an allowed class's instance as a dict key or set member.)
+RUNS_CODE = ("__setstate__", "__getattribute__", "__getattr__", "__del__")
+_DICT_SLOT = type(vars(type("_Plain", (), {}))["__dict__"])  # the ordinary __dict__ getset
+
+
 def not_plain_data(obj: Any) -> str | None:
     """Why ``obj`` cannot be an allowed extra global, or None: it must be a class whose
     instances are rebuilt as ``object.__new__(cls)`` plus a ``__dict__`` update, so none of its
@@ -84,8 +91,14 @@ def not_plain_data(obj: Any) -> str | None:
         return f"is a {type(obj).__name__} value, not a class"
     if obj.__new__ is not object.__new__:
         return "is not a plain data class (it has a __new__ of its own)"
-    if "__setstate__" in vars(obj):
-        return "is not a plain data class (it defines __setstate__)"
+    for base in obj.__mro__[:-1]:  # inherited code runs as well as its own (an attack review)
+        own = vars(base)
+        runs = next((m for m in RUNS_CODE if m in own), None)
+        if runs is None and "__dict__" in own and type(own["__dict__"]) is not _DICT_SLOT:
+            runs = "__dict__"
+        if runs is not None:
+            whose = "" if base is obj else f", inherited from {base.__qualname__}"
+            return f"is not a plain data class (it defines {runs}{whose})"
     if not obj.__dictoffset__:
         return "is not a plain data class (its instances have no __dict__)"
     torch = sys.modules.get("torch")
@@ -107,7 +120,8 @@ def _refuse_global(origin: str, name: str, problem: str) -> PolicyError:
     return PolicyError(
         f"{origin}: {name!r} {problem}. Allowed globals are classes whose instances are "
         "rebuilt as plain data (made without calling the class, attributes set from the "
-        "file): no __new__ or __setstate__ of their own, not a tensor or an exception. "
+        "file): no __new__, __setstate__, __getattribute__, __getattr__ or __del__ of their "
+        "own or inherited, not a tensor or an exception. "
         f"Remove {name!r} from the setting"
     )
 

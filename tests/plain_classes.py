@@ -35,3 +35,36 @@ class Touch:
 
     def __reduce__(self) -> tuple[object, ...]:
         return (touch, (self.path,))
+
+
+class Scratch:
+    """Plain attributes, but a __del__ that acts on them: garbage collection would run it with
+    attributes the file chose (an attack review deleted a file so)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        import os
+
+        if getattr(self, "path", None):
+            os.unlink(self.path)
+
+
+class ScratchChild(Scratch):
+    """Its __del__ is inherited: the rule looks at the whole MRO."""
+
+
+class Fancy:
+    """Code runs on any attribute read, ``__dict__`` included."""
+
+    def __getattribute__(self, name: str) -> object:
+        open(object.__getattribute__(self, "__dict__").get("path", "/dev/null"), "a").close()
+        return object.__getattribute__(self, name)
+
+
+@__import__("dataclasses").dataclass(frozen=True)
+class Key:
+    """A frozen dataclass: hashing runs its generated __hash__ on its fields."""
+
+    name: str

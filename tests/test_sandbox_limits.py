@@ -428,3 +428,51 @@ def test_allow_globals_admits_only_plain_data_classes(
     with pytest.raises(PolicyError, match=r"SANDBOXLOAD_ALLOW_GLOBALS.*not a plain data class"):
         torch.load(bad)
     assert not canary.exists()
+
+
+def test_allowed_classes_must_not_run_code_inherited_or_when_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From an attack review: an inherited __setstate__ (nn.Module), a __del__ (own or
+    inherited), a __getattribute__ would each run in this process on attributes the file chose;
+    an allowed class's instance as a dict key was hashed before its fields were set (two keys
+    merged into one)."""
+    import subprocess
+
+    from sandboxload.errors import PolicyError, SandboxLoadError
+    from sandboxload.policy import not_plain_data
+
+    from .plain_classes import Fancy, Key, Scratch, ScratchChild, TrainConfig
+
+    assert not_plain_data(TrainConfig) is None and not_plain_data(Key) is None
+    for cls, why in (
+        (torch.nn.Linear, "__setstate__, inherited from Module"),
+        (subprocess.Popen, "__del__"),
+        (Scratch, "__del__"),
+        (ScratchChild, "__del__, inherited from Scratch"),
+        (Fancy, "__getattribute__"),
+    ):
+        assert why in (not_plain_data(cls) or ""), cls
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    path = tmp_path / "scratch.pt"
+    ours = ScratchChild(str(victim))
+    torch.save({"s": ours}, path)
+    ours.path = ""  # our own instance must not delete it when collected
+    monkeypatch.setenv("SANDBOXLOAD_ALLOW_GLOBALS", "tests.plain_classes.ScratchChild")
+    with pytest.raises(PolicyError, match="__del__"):
+        torch.load(path)
+    import gc
+
+    gc.collect()
+    assert victim.exists()
+
+    keys = tmp_path / "keys.pt"
+    torch.save({Key("a"): torch.ones(1), Key("b"): torch.zeros(1)}, keys)
+    # torch hashes after filling (2 keys); refusing beats merging them into one.
+    monkeypatch.setenv("SANDBOXLOAD_ALLOW_GLOBALS", "tests.plain_classes.Key")
+    with pytest.raises(SandboxLoadError, match="allowed class Key as a dict key"):
+        torch.load(keys)
+    values = tmp_path / "values.pt"
+    torch.save({"k": Key("a"), "w": torch.ones(1)}, values)
+    assert torch.load(values)["k"] == Key("a")  # as a value it is plain data

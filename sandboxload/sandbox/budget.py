@@ -34,6 +34,10 @@ class Budget:
         self.deadline, self.steps = deadline, 0
         # Sizes (and heights) of nested keys already measured.
         self.key_sizes: dict[int, tuple[int, int]] = {}
+        # Classes the operator allowed (SANDBOXLOAD_ALLOW_GLOBALS): hashing or comparing an
+        # instance would run their code, on attributes the file chose (and before they are
+        # even set: a frozen dataclass as a key would hash empty and merge keys).
+        self.opaque: set[type] = set()
 
     def tick(self, steps: int = 1) -> None:
         """Count ``steps`` of work; every 4096, check the load's deadline."""
@@ -54,6 +58,11 @@ class Budget:
         if isinstance(key, (str, bytes)):
             return 1 + len(key) // 64
         if not isinstance(key, (tuple, frozenset)):
+            check(
+                type(key) not in self.opaque,
+                f"an instance of the allowed class {type(key).__qualname__} as a dict key or "
+                "set member (hashing it would run its code)",
+            )
             return 1
         sizes = self.key_sizes  # id -> (size, height)
         stack: list[tuple[Any, bool]] = [(key, False)]

@@ -139,6 +139,8 @@ class Rebuilder:
         cls = getattr(importlib.import_module(module), name, None)
         problem = not_plain_data(cls)  # the rule the policy judged the setting by
         check(problem is None, f"{dotted} {problem}: it cannot be rebuilt without running code")
+        assert isinstance(cls, type)
+        self.budget.opaque.add(cls)
         return object.__new__(cls)
 
     def _attrs(self, value: Any) -> dict[str, Any]:
