@@ -75,10 +75,21 @@ def wrap_method(cls: type, name: str, make: Maker) -> Callable[..., Any] | None:
     return patched
 
 
+def _modules() -> list[tuple[str, Any]]:
+    """A snapshot of ``sys.modules``. Another thread may import while it is taken (a
+    collection during the copy can run a finaliser and switch threads: seen once in CI as
+    "dictionary changed size during iteration"), so a torn copy is simply taken again."""
+    while True:
+        try:
+            return list(sys.modules.copy().items())
+        except RuntimeError:
+            continue
+
+
 def replace_everywhere(original: Any, patched: Any) -> None:
     """Rebind every module-level name that still holds ``original`` (``from x import f``
     copies made before activation), so no copy stays unguarded."""
-    for mod_name, module in list(sys.modules.items()):
+    for mod_name, module in _modules():
         if mod_name == "sandboxload" or mod_name.startswith("sandboxload."):
             continue  # our own references to the originals are deliberate
         namespace = getattr(module, "__dict__", None)
