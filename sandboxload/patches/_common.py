@@ -75,13 +75,13 @@ def wrap_method(cls: type, name: str, make: Maker) -> Callable[..., Any] | None:
     return patched
 
 
-def _modules() -> list[tuple[str, Any]]:
-    """A snapshot of ``sys.modules``. Another thread may import while it is taken (a
-    collection during the copy can run a finaliser and switch threads: seen once in CI as
-    "dictionary changed size during iteration"), so a torn copy is simply taken again."""
+def _items(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A snapshot of ``d`` (``sys.modules``, a module's namespace). Another thread may import
+    while it is taken (a collection during the copy can run a finaliser and switch threads:
+    seen once in CI as "dictionary changed size during iteration"): a torn copy is retaken."""
     while True:
         try:
-            return list(sys.modules.copy().items())
+            return list(d.copy().items())
         except RuntimeError:
             continue
 
@@ -89,13 +89,13 @@ def _modules() -> list[tuple[str, Any]]:
 def replace_everywhere(original: Any, patched: Any) -> None:
     """Rebind every module-level name that still holds ``original`` (``from x import f``
     copies made before activation), so no copy stays unguarded."""
-    for mod_name, module in _modules():
+    for mod_name, module in _items(sys.modules):
         if mod_name == "sandboxload" or mod_name.startswith("sandboxload."):
             continue  # our own references to the originals are deliberate
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict):
             continue
-        for attr, value in list(namespace.items()):
+        for attr, value in _items(namespace):
             if value is original:
                 namespace[attr] = patched
 
