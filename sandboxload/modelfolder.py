@@ -10,11 +10,19 @@ user-facing call that named a local folder runs (``SentenceTransformer(dir)``,
 ``from_pretrained(dir)``, ``pipeline(model=dir)``), every weight file loaded must lie inside
 that folder -- directories resolved, the file's own name as linked (a Hugging Face snapshot
 links each file into ``blobs/``).
+
+Which links a folder may hold, the one rule ``convert`` and ``scan`` share
+(:func:`link_outside`): a file read from a folder must be inside it, judged on what was
+actually opened (the descriptor's ``/proc/self/fd`` target, not the name checked earlier).
+The one exception is a Hugging Face cache: a file in ``models--org--name/snapshots/<rev>/``
+(or ``datasets--``, ``spaces--``) may link into that same repository's ``blobs/``, to a blob
+named by its digest (a git blob id or a SHA-256) that is itself a regular file, not a link.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,6 +37,50 @@ _root: ContextVar[str | None] = ContextVar("sandboxload_model_folder", default=N
 FOLDER_KWARGS = ("pretrained_model_name_or_path", "model_name_or_path", "model")
 
 SAFE_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+# --- links: what a folder may link to (convert and scan) ---
+
+CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")
+BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def cache_repo(path: str) -> str | None:
+    """``.../models--org--name`` if ``path`` lies in one of its ``snapshots/``."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i] == "snapshots" and CACHE_REPO.fullmatch(parts[i - 1]):
+            return os.sep.join(parts[:i])
+    return None
+
+
+def opened_as(fd: int) -> str:
+    """The file a descriptor is open on, every link resolved."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def link_outside(root: str, path: str, real: str) -> str | None:
+    """Why the file ``path``, listed below the resolved folder ``root`` and opened as
+    ``real``, may not be read as part of that folder; None if it may."""
+    if os.path.commonpath([root, real]) == root:
+        return None
+    repo = cache_repo(path)
+    if repo is not None:
+        blobs = os.path.realpath(os.path.join(repo, "blobs"))
+        if os.path.dirname(real) == blobs and BLOB_NAME.fullmatch(os.path.basename(real)):
+            hop = _first_hop(path)
+            if hop is None or not os.path.islink(hop):
+                return None
+            return f"it links to the blob {hop!r}, which is itself a link (to {real!r})"
+    return f"it links to {real!r}, outside the model folder {root}"
+
+
+def _first_hop(path: str) -> str | None:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None  # not a link: the file itself
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), target))
 
 
 def _inside(base: str, path: str) -> bool:
@@ -116,6 +168,49 @@ def check_explicit_weights(model_dir: str, name: str) -> None:
         raise ModelFolderError(
             where, f"transformers_weights names {name!r}, outside the model folder"
         )
+
+
+# Where a sentence-transformers module config hands keyword arguments to transformers'
+# ``from_pretrained`` (3.x names, then 6.x names).
+LOADER_KWARGS = (
+    "model_args",
+    "tokenizer_args",
+    "config_args",
+    "model_kwargs",
+    "tokenizer_kwargs",
+    "processor_kwargs",
+    "config_kwargs",
+)
+
+
+def loader_kwargs_findings(doc: Any) -> list[tuple[str, str]]:
+    """What the loader arguments in a config (``sentence_bert_config.json``'s ``model_args``
+    ...) change about how safely the model loads, as (argument, one line): ``weights_only``
+    not true (``torch.load`` runs any pickle), ``trust_remote_code``, ``gguf_file``/
+    ``from_tf``/``from_flax`` (other checkpoint loaders), a ``subfolder`` leaving the folder."""
+    if not isinstance(doc, dict):
+        return []
+    found = []
+    for key in LOADER_KWARGS:
+        args = doc.get(key)
+        if not isinstance(args, dict):
+            continue
+        why = []
+        if "weights_only" in args and args["weights_only"] is not True:
+            why.append(("weights_only", f"{args['weights_only']!r}: torch.load runs any pickle"))
+        if args.get("trust_remote_code"):
+            why.append(("trust_remote_code", f"{args['trust_remote_code']!r}: runs its code"))
+        for other in ("gguf_file", "from_tf", "from_flax"):
+            if args.get(other) not in (None, False, ""):
+                why.append((other, f"{args[other]!r}: another checkpoint loader"))
+        sub = args.get("subfolder")
+        if sub is not None and not (isinstance(sub, str) and _inside(_ANY_FOLDER, sub)):
+            why.append(("subfolder", f"{sub!r}: outside the model folder"))
+        found += [(arg, f"{key} passes {arg}={what}") for arg, what in why]
+    return found
+
+
+_ANY_FOLDER = os.path.join(os.sep, "model")
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")

@@ -7,22 +7,36 @@ The runtime gates (:mod:`sandboxload.patches.transformers_remote`,
 - ``auto_map`` (and ``custom_pipelines``) in any config JSON: transformers maps a class to a
   module file of the model (``config.json``, ``tokenizer_config.json``,
   ``preprocessor_config.json``, ``processor_config.json`` ...);
-- a sentence-transformers ``modules.json`` entry, or a Dense ``activation_function``, naming
-  a class that is neither sentence-transformers' own nor a ``torch.nn`` module;
+- a dotted class name sentence-transformers imports from a config (``import_from_string``)
+  that is neither one of its own classes nor a ``torch.nn`` module (:func:`is_library_class`):
+  a ``modules.json`` entry's ``type``; an Asym (3.x ``<module>/config.json``) or Router (6.x
+  ``router_config.json``) ``types`` map, whose classes get ``.load(path)`` called; a Dense
+  ``activation_function``; a WordEmbeddings ``tokenizer_class``; a CrossEncoder's activation
+  in ``config.json`` (3.x ``sbert_ce_default_activation_function``, 6.x
+  ``sentence_transformers.activation_fn``), which is called;
 - a ``custom_generate/`` directory (transformers' custom generate functions);
 - any ``*.py`` file: nothing in a folder of weights needs one but code that would run.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-# Dotted names a model folder may make sentence-transformers import (its own classes and
-# torch.nn modules); the runtime gate also checks that a torch.nn name is a Module class.
+# Dotted names a model folder may make sentence-transformers import: its own classes and
+# torch.nn modules, as a plain path of public names ending in a class name (CapWords), so an
+# attribute chain to a module or a function (``torch.nn.modules.module.torch``, whose
+# ``.load(path)`` is ``torch.load``) is not one. The runtime gate also checks what the import
+# gave (:func:`is_library_object`).
 LIBRARY_CLASS_PREFIXES = ("sentence_transformers.", "torch.nn.")
+_LIBRARY_CLASS = re.compile(
+    r"(?:sentence_transformers|torch\.nn)(?:\.[A-Za-z][A-Za-z0-9_]*)*\.[A-Z][A-Za-z0-9_]*"
+)
 CUSTOM_GENERATE_DIR = "custom_generate"
 CUSTOM_GENERATE = f"{CUSTOM_GENERATE_DIR}/generate.py"
 MODULES_JSON = "modules.json"
+WORD_EMBEDDINGS_CONFIG = "wordembedding_config.json"
+CE_ACTIVATION_3 = "sbert_ce_default_activation_function"  # CrossEncoder 3.x, in config.json
 # Config keys through which transformers runs a model's own code.
 CODE_KEYS = {
     "auto_map": "maps classes to code it ships",
@@ -31,8 +45,21 @@ CODE_KEYS = {
 
 
 def is_library_class(dotted: object) -> bool:
-    """A dotted name a model folder may name without shipping code."""
-    return isinstance(dotted, str) and dotted.startswith(LIBRARY_CLASS_PREFIXES)
+    """A dotted name a model folder may name without shipping code (the one predicate: the
+    runtime gate on ``import_from_string`` and ``scan`` both ask it)."""
+    return isinstance(dotted, str) and _LIBRARY_CLASS.fullmatch(dotted) is not None
+
+
+def is_library_object(dotted: str, obj: object) -> bool:
+    """After the import: a ``torch.nn`` name must be a ``torch.nn.Module`` class, and any name
+    a class."""
+    if not isinstance(obj, type):
+        return False
+    if dotted.startswith("torch.nn."):
+        import torch
+
+        return issubclass(obj, torch.nn.Module)
+    return True
 
 
 def is_config(name: str) -> bool:
@@ -57,10 +84,35 @@ def config_findings(name: str, doc: Any) -> list[str]:
         if value:
             names = sorted(map(str, value.values())) if isinstance(value, dict) else [value]
             found.append(f"{key} {what}: {_short(names)}")
-    activation = doc.get("activation_function")
-    if isinstance(activation, str) and "." in activation and not is_library_class(activation):
-        found.append(f"activation_function names {activation!r}, a class outside the library")
+    types = doc.get("types")
+    if isinstance(types, dict):  # Asym / Router: import_from_string(T).load(<module>/<key>)
+        found += [
+            f"types entry {key!r} names {value!r}, a module class outside the library "
+            "(sentence-transformers calls its .load on the module's folder)"
+            for key, value in types.items()
+            if not is_library_class(value)
+        ]
+    for key, value, always in _named_classes(name, doc):
+        if isinstance(value, str) and (always or "." in value) and not is_library_class(value):
+            found.append(f"{key} names {value!r}, a class outside the library")
     return found
+
+
+def _named_classes(name: str, doc: dict[str, Any]) -> list[tuple[str, Any, bool]]:
+    """(key, value, flagged even without a dot) of each single class name in ``doc``. A name
+    without a dot is a library's own (GPT-2's ``activation_function: gelu_new``, a
+    tokenizer_config's ``tokenizer_class``), except where only sentence-transformers reads it."""
+    st = doc.get("sentence_transformers")
+    return [
+        ("activation_function", doc.get("activation_function"), False),
+        ("tokenizer_class", doc.get("tokenizer_class"), name == WORD_EMBEDDINGS_CONFIG),
+        (CE_ACTIVATION_3, doc.get(CE_ACTIVATION_3), True),
+        (
+            "sentence_transformers.activation_fn",
+            st.get("activation_fn") if isinstance(st, dict) else None,
+            True,
+        ),
+    ]
 
 
 def _modules_findings(doc: Any) -> list[str]:

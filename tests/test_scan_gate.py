@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import re
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +368,300 @@ def test_a_linked_directory_is_not_passed_silently(tmp_path: Path) -> None:
     assert proc.returncode == 2
     link = [r for r in rows(proc) if r["file"].endswith("latest")]
     assert len(link) == 1 and link[0]["verdict"] == "error" and "not followed" in link[0]["detail"]
+
+
+# --- regressions of the attack review (scan as a mirror's gate) -------------------------
+
+INFINITY_PY = Path(__file__).parent.parent / ".venv-infinity" / "bin" / "python"
+JOBLIB_GADGET = "sklearn.datasets._rcv1.joblib"  # a module whose .load(path) unpickles
+
+
+def _stack() -> str:
+    """The stack a consumer loads with, without sandboxload: infinity's (sentence-transformers
+    3.4) if it is here, else the running one."""
+    return str(INFINITY_PY) if INFINITY_PY.exists() else sys.executable
+
+
+def _load_without_sandboxload(folder: Path, proof: Path) -> None:
+    """``SentenceTransformer(folder)`` in a plain interpreter: the attack is real if ``proof``
+    appears (whatever the load then raises)."""
+    py = _stack()
+    if subprocess.run([py, "-c", "import sklearn"], capture_output=True).returncode:
+        pytest.skip(f"scikit-learn (the gadget) is not installed for {py}")
+    code = "import sys\nfrom sentence_transformers import SentenceTransformer\n"
+    code += "SentenceTransformer(sys.argv[1], device='cpu')\n"
+    env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(
+        [py, "-c", code, str(folder)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proof.exists(), f"the attack did not run live:\n{proc.stderr[-3000:]}"
+    proof.unlink()
+
+
+def _text_pickle(canary: Path) -> bytes:
+    """A protocol-0 pickle: text, so no sniffing tells it from text; only the config that
+    makes a library unpickle it can be caught."""
+    data = pickle.dumps(Payload(canary), protocol=0)
+    assert data[:1] != b"\x80"
+    return data
+
+
+def _st_modules(folder: Path, type_: str, path: str) -> None:
+    modules = [{"idx": 0, "name": "0", "path": path, "type": type_}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
+def test_f1_nested_module_types_are_checked(tmp_path: Path, canary: Path) -> None:
+    """sentence-transformers 3.4's Asym reads ``<module>/config.json`` ``types`` and calls
+    ``import_from_string(T).load(<module>/<key>)``: joblib.load of a pickle."""
+    model = tmp_path / "asym"
+    (model / "1_Asym").mkdir(parents=True)
+    safetensors.torch.save_file(state_dict(1), str(model / "model.safetensors"))
+    _st_modules(model, "sentence_transformers.models.Asym", "1_Asym")
+    asym = {"types": {"w": JOBLIB_GADGET}, "structure": {"q": ["w"]}, "parameters": {}}
+    (model / "1_Asym" / "config.json").write_text(json.dumps(asym))
+    live = tmp_path / "LIVE"
+    (model / "1_Asym" / "w").write_bytes(_text_pickle(live))
+    _load_without_sandboxload(model, live)
+    proc = scan("--json", str(model))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+    assert row["file"].endswith("1_Asym/config.json") and row["rule"] == "remote-code"
+    assert JOBLIB_GADGET in row["detail"] and "types entry 'w'" in row["detail"]
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "doc", "names"),
+    [
+        (
+            "router_config.json",
+            {"types": {"a": "evil.Mod", "b": "sentence_transformers.models.Dense"}},
+            "evil.Mod",
+        ),
+        ("config.json", {"sbert_ce_default_activation_function": "evil.act"}, "evil.act"),
+        ("config.json", {"sentence_transformers": {"activation_fn": "os.system"}}, "os.system"),
+        ("wordembedding_config.json", {"tokenizer_class": "evil"}, "evil"),
+        ("config.json", {"activation_function": "torch.nn.modules.module.torch"}, "module.torch"),
+    ],
+)
+def test_f1_every_config_named_class_is_reported(
+    tmp_path: Path, name: str, doc: dict[str, Any], names: str
+) -> None:
+    safetensors.torch.save_file(state_dict(1), str(tmp_path / "model.safetensors"))
+    (tmp_path / "1_M").mkdir()
+    (tmp_path / "1_M" / name).write_text(json.dumps(doc))
+    proc = scan("--json", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+    assert row["rule"] == "remote-code" and names in row["detail"]
+
+
+def test_f1_one_predicate_for_runtime_and_scan() -> None:
+    from sandboxload.remotecode import config_findings, is_library_class
+
+    for ok in (
+        "torch.nn.modules.activation.Tanh",
+        "torch.nn.Identity",
+        "sentence_transformers.models.Pooling",
+    ):
+        assert is_library_class(ok), ok
+    for bad in (
+        "torch.nn.modules.module.torch",
+        "sentence_transformers.util.torch",
+        "torch.nn._x.Y",
+        JOBLIB_GADGET,
+        "os.system",
+        None,
+    ):
+        assert not is_library_class(bad), bad
+    # Library names without a dot are a library's own (GPT-2, a tokenizer config).
+    assert config_findings("config.json", {"activation_function": "gelu_new"}) == []
+    assert config_findings("tokenizer_config.json", {"tokenizer_class": "BertTokenizer"}) == []
+
+
+def _tiny_bert(folder: Path) -> None:
+    config = {
+        "architectures": ["BertModel"], "model_type": "bert", "hidden_size": 8,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+        "vocab_size": 30, "max_position_embeddings": 16, "type_vocab_size": 2,
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_f2_an_index_and_loader_arguments_cannot_hide_a_pickle(
+    tmp_path: Path, canary: Path
+) -> None:
+    """``model_args: {weights_only: false}`` reaches torch.load, and the index names a
+    malicious torch zip called ``shard.data``: neither passes by its name any more."""
+    model = tmp_path / "m"
+    model.mkdir()
+    _tiny_bert(model)
+    _st_modules(model, "sentence_transformers.models.Transformer", "")
+    st_config = {"max_seq_length": 16, "model_args": {"weights_only": False}}
+    (model / "sentence_bert_config.json").write_text(json.dumps(st_config))
+    index = {"metadata": {}, "weight_map": {"embeddings.word_embeddings.weight": "shard.data"}}
+    (model / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    live = tmp_path / "LIVE"
+    weights = {"embeddings.word_embeddings.weight": torch.zeros(30, 8)}
+    torch.save({**weights, "x": Payload(live)}, model / "shard.data")
+    (model / "vocab.txt").write_text("[PAD]\n[UNK]\nthe\n")  # text: never flagged
+    (model / "README.md").write_text("The model card. (c) nobody\n")
+    _load_without_sandboxload(model, live)
+    torch.save({**weights, "x": Payload(canary)}, model / "shard.data")
+    safetensors.torch.save_file(state_dict(1), str(model / "extra.safetensors"))
+    proc = scan("--json", str(model))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = {Path(r["file"]).name: r for r in rows(proc) if r["verdict"] != "ok"}
+    assert set(bad) == {"shard.data", "sentence_bert_config.json"}, bad
+    assert bad["shard.data"]["rule"] == "weights-refused"
+    assert "posix.system" in bad["shard.data"]["detail"]
+    assert bad["sentence_bert_config.json"]["rule"] == "loading-redirect"
+    assert "weights_only=False" in bad["sentence_bert_config.json"]["detail"]
+    # A pickle under any name is sniffed, named by an index or not; a binary pickle too.
+    (model / "pytorch_model.bin.index.json").unlink()
+    (model / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    (model / "w.pickle").write_bytes(pickle.dumps(Payload(canary), protocol=4))
+    proc = scan("--json", str(model))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = {Path(r["file"]).name: r for r in rows(proc) if r["verdict"] != "ok"}
+    assert set(bad) == {"shard.data", "w.pickle"}, bad
+    assert all("not named like a weight file" in r["detail"] for r in bad.values())
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    ("shard", "status", "says"),
+    [
+        ("../outside.bin", 1, "outside the model folder"),
+        ("gone.bin", 2, "missing"),
+        ("shard.data", 1, "not a safetensors file"),
+    ],
+)
+def test_f2_what_an_index_names_is_checked(
+    tmp_path: Path, shard: str, status: int, says: str
+) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save(state_dict(1), tmp_path / "outside.bin")
+    safetensors.torch.save_file(state_dict(1), str(model / "shard.data"))
+    name = (
+        "model.safetensors.index.json" if shard == "shard.data" else "pytorch_model.bin.index.json"
+    )
+    (model / name).write_text(json.dumps({"weight_map": {"w": shard}}))
+    torch.save(state_dict(2), model / "pytorch_model.bin")
+    proc = scan("--json", str(model))
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+    assert row["file"].endswith(name) and says in row["detail"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"trust_remote_code": True},
+        {"gguf_file": "m.gguf"},
+        {"from_tf": True},
+        {"from_flax": True},
+        {"subfolder": "../../elsewhere"},
+    ],
+)
+def test_f2_loader_arguments_that_change_safety_are_refused(
+    tmp_path: Path, args: dict[str, Any]
+) -> None:
+    safetensors.torch.save_file(state_dict(1), str(tmp_path / "model.safetensors"))
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"model_args": args}))
+    proc = scan("--json", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+    assert row["verdict"] == "refused" and next(iter(args)) in row["detail"]
+
+
+def test_f3_a_config_blob_is_judged_under_every_name_it_is_linked_as(
+    tmp_path: Path, canary: Path
+) -> None:
+    """One blob linked as ``modules.json`` and as ``a/config.json``: judged only as the
+    latter, its custom module type passed."""
+    modules = [{"idx": 0, "name": "0", "path": "payload", "type": JOBLIB_GADGET}]
+    weights = _bytes_of(safetensors.torch.save_file, tmp_path / "t", state_dict(1))
+    blob = json.dumps(modules).encode()
+    live = tmp_path / "LIVE"
+    files = {"model.safetensors": weights, "modules.json": blob, "a/config.json": blob}
+    base = hub_repo(tmp_path / "hub", "a/b", {"r1": {**files, "payload": _text_pickle(live)}})
+    snapshot = base / "snapshots" / "r1"
+    assert (snapshot / "modules.json").resolve() == (snapshot / "a" / "config.json").resolve()
+    _load_without_sandboxload(snapshot, live)
+    (base / "blobs" / _git_blob(_text_pickle(live))).write_bytes(_text_pickle(canary))
+    proc = scan("--json", str(tmp_path / "hub"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = [r for r in rows(proc) if r["verdict"] != "ok"]
+    remote = [r for r in bad if r["rule"] == "remote-code"]
+    assert len(remote) == 1 and remote[0]["file"] == str(snapshot / "modules.json")
+    assert JOBLIB_GADGET in remote[0]["detail"]
+    assert not canary.exists()
+
+
+def test_f4_a_directory_that_cannot_be_listed_is_an_error(tmp_path: Path, canary: Path) -> None:
+    model = tmp_path / "m"
+    (model / "sub").mkdir(parents=True)
+    safetensors.torch.save_file(state_dict(1), str(model / "model.safetensors"))
+    torch.save({"x": Payload(canary)}, model / "sub" / "pytorch_model.bin")
+    (model / "sub").chmod(0o311)  # may be entered, not listed
+    cmd = [sys.executable, "-m", "sandboxload", "scan", "--json", str(model)]
+    if os.geteuid() == 0:  # root reads any directory: drop that privilege as the reviewer did
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop CAP_DAC_*")
+        cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    try:
+        proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        (model / "sub").chmod(0o755)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+    assert row["file"] == str(model / "sub") and row["verdict"] == "error"
+    assert "cannot list this directory" in row["detail"]
+    assert not canary.exists()
+
+
+def test_f5_files_linking_out_of_the_folder_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    safetensors.torch.save_file(state_dict(1), str(outside / "benign.safetensors"))
+    (outside / "secret.json").write_text('{"api_key": "victim"}')
+    plain = tmp_path / "mirror" / "plain"
+    plain.mkdir(parents=True)
+    (plain / "model.safetensors").symlink_to(outside / "benign.safetensors")
+    (plain / "notes.json").symlink_to(outside / "secret.json")
+    (plain / "README").symlink_to(outside / "secret.json")
+    # A cache blob that is itself a link out, under its (correct) digest name.
+    data = (outside / "benign.safetensors").read_bytes()
+    base = hub_repo(tmp_path / "mirror" / "hub", "a/b", {"r1": {"model.safetensors": data}})
+    blob = (base / "snapshots" / "r1" / "model.safetensors").resolve()
+    blob.unlink()
+    blob.symlink_to(outside / "benign.safetensors")
+    proc = scan("--json", str(tmp_path / "mirror"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = {r["file"]: r for r in rows(proc) if r["verdict"] != "ok"}
+    for name in ("model.safetensors", "notes.json", "README"):
+        row = bad.pop(str(plain / name))
+        assert row["rule"] == "loading-redirect" and "outside the model folder" in row["detail"]
+    snapshot_entry = str(base / "snapshots" / "r1" / "model.safetensors")
+    assert "itself a link" in bad.pop(snapshot_entry)["detail"]
+    assert set(bad) == {str(blob)}  # the blob, listed in blobs/, links out too
+    # A real snapshot (links into its own blobs/), scanned by itself: passes.
+    good = hub_repo(tmp_path / "hub2", "a/b", {"r1": {"model.safetensors": data}})
+    proc = scan("--json", str(good / "snapshots" / "r1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_f6_names_cannot_forge_rows_nor_the_summary(tmp_path: Path, canary: Path) -> None:
+    forged = "x\rOK       pickle       w.bin: only data\x1b[K\nscanned 2 files: 2 ok\x1b[8m.bin"
+    torch.save({"x": Payload(canary)}, tmp_path / forged)
+    safetensors.torch.save_file(state_dict(1), str(tmp_path / "model.safetensors"))
+    proc = scan(str(tmp_path))
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and "\x1b" not in proc.stdout and "\r" not in proc.stdout
+    assert lines[1].startswith("REFUSED ") and "\\r" in lines[1] and "\\x1b" in lines[1]
+    assert re.fullmatch(r"scanned 2 files \([\d.]+ KB\): 1 ok, 1 refused", lines[2]), lines

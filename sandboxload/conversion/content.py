@@ -25,19 +25,25 @@ def pickle_inside(path: str) -> str | None:
     """Why the file at ``path`` holds a pickle, or None."""
     fd = open_regular(path)
     try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            fmt = formats.sniff(f)
-            if fmt in PICKLED:
-                return f"it is {formats.POLICY_NAME.get(fmt, fmt)} data (a pickle)"
-            f.seek(0)
-            head = f.read(2)
-            if fmt == formats.PICKLE and head[:1] == b"\x80":
-                return "it is a binary pickle"
-            if fmt == formats.NUMPY:
-                f.seek(0)
-                return _numpy_objects(f)
+        return pickle_in(fd)
     finally:
         os.close(fd)
+
+
+def pickle_in(fd: int) -> str | None:
+    """Why the regular file open on ``fd`` holds a pickle, or None (``scan`` asks it of
+    every file that is not named like a weight file)."""
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        fmt = formats.sniff(f)
+        if fmt in PICKLED:
+            return f"it is {formats.POLICY_NAME.get(fmt, fmt)} data (a pickle)"
+        f.seek(0)
+        head = f.read(2)
+        if fmt == formats.PICKLE and head[:1] == b"\x80":
+            return "it is a binary pickle"
+        if fmt == formats.NUMPY:
+            f.seek(0)
+            return _numpy_objects(f)
     return None
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from .. import formats
 from ..errors import ConversionError
 from ..fileid import open_regular
+from ..modelfolder import link_outside, opened_as
 from ..wording import a
 from . import content, source
 
@@ -33,8 +33,6 @@ NUMPY_SUFFIXES = (".npy", ".npz")
 INDEX_SUFFIX = ".index.json"
 SAFE_WEIGHTS = (".safetensors", ".safetensors" + INDEX_SUFFIX)
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")
-BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def target_name(name: str) -> str:
@@ -50,7 +48,6 @@ def target_name(name: str) -> str:
 @dataclass
 class Plan:
     root: str
-    blobs: str | None = None  # the cache repository's blobs/, when root is one of its snapshots
     convert: dict[str, str] = field(default_factory=dict)  # rel pickle -> rel safetensors
     copy: list[str] = field(default_factory=list)  # rel files that go over unchanged
     dirs: list[str] = field(default_factory=list)  # rel directories, empty ones included
@@ -65,45 +62,23 @@ def _excluded(rel: str, patterns: Iterable[str]) -> bool:
     )
 
 
-def _cache_blobs(root: str) -> str | None:
-    """``blobs/`` of the Hugging Face cache repository whose snapshot ``root`` is: only a
-    real cache layout (``models--org--name/snapshots/REV``), not any folder so named."""
-    snapshots = os.path.dirname(root)
-    repo = os.path.dirname(snapshots)
-    blobs = os.path.join(repo, "blobs")
-    if (
-        os.path.basename(snapshots) == "snapshots"
-        and CACHE_REPO.fullmatch(os.path.basename(repo))
-        and os.path.isdir(blobs)
-    ):
-        return blobs
-    return None
-
-
 def check_target(p: Plan, path: str, fd: int | None = None) -> None:
     """Refuse a file that is (or was opened as) a link to somewhere outside the folder; a
-    snapshot's link may only reach a blob of its own repository (named by its digest)."""
-    real = os.readlink(f"/proc/self/fd/{fd}") if fd is not None else os.path.realpath(path)
-    if os.path.commonpath([p.root, real]) == p.root:
-        return
-    if (
-        p.blobs is not None
-        and os.path.dirname(real) == p.blobs
-        and BLOB_NAME.fullmatch(os.path.basename(real))
-    ):
-        return
-    raise ConversionError(
-        path,
-        f"it links to {real!r}, outside the model folder",
-        "Copy the file into the folder if it belongs to the model, or --exclude it.",
-    )
+    snapshot's link may only reach a blob of its own repository (the rule ``scan`` applies
+    too: :func:`sandboxload.modelfolder.link_outside`)."""
+    real = opened_as(fd) if fd is not None else os.path.realpath(path)
+    why = link_outside(p.root, path, real)
+    if why is not None:
+        raise ConversionError(
+            path, why, "Copy the file into the folder if it belongs to the model, or --exclude it."
+        )
 
 
 def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan:
     """Everything a conversion of the folder ``root`` will do, checked before it starts."""
     exclude = tuple(exclude)
     real = os.path.realpath(root)
-    p = Plan(real, _cache_blobs(real))
+    p = Plan(real)
     for here, dirs, files in os.walk(p.root):
         rel_here = os.path.relpath(here, p.root)
         kept = []

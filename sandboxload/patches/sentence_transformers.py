@@ -3,7 +3,8 @@
 ``modules.json`` types, a Dense ``activation_function``, a custom tokenizer class: each is a
 dotted path from the model folder, imported (and often called) by
 ``import_from_string``. Only sentence-transformers' own classes and torch.nn modules are
-accepted; anything else is remote code, refused unless the policy allows it.
+accepted (:func:`sandboxload.remotecode.is_library_class`, the predicate ``scan`` uses too);
+anything else is remote code, refused unless the policy allows it.
 Weight files need nothing here: every module reads them through the patched ``torch.load``
 and ``safetensors`` entry points.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from .. import policy
 from ..errors import RemoteCodeRefusedError
 from ..refusals import refuse
-from ..remotecode import is_library_class
+from ..remotecode import is_library_class, is_library_object
 from ._common import entry_point, wrap, wrap_method
 
 
@@ -47,16 +48,15 @@ def _guard(original: Callable[..., Any]) -> Callable[..., Any]:
                 )
             )
         result = original(dotted_path)
-        if dotted_path.startswith("torch.nn.") and policy.current().remote_code != "allow":
-            import torch
-
-            if not (isinstance(result, type) and issubclass(result, torch.nn.Module)):
-                refuse(
-                    RemoteCodeRefusedError(
-                        _model_folder(),
-                        f"{dotted_path!r} is not a torch.nn.Module class",
-                    )
+        if not is_library_object(dotted_path, result) and policy.current().remote_code != "allow":
+            refuse(
+                RemoteCodeRefusedError(
+                    _model_folder(),
+                    f"{dotted_path!r} is not a "
+                    + ("torch.nn.Module " if dotted_path.startswith("torch.nn.") else "")
+                    + "class",
                 )
+            )
         return result
 
     return import_from_string

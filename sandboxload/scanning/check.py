@@ -7,9 +7,14 @@ route the patched ``torch.load`` takes. Then the route's check, without loading 
 safetensors get the strict header check; pickles are parsed in the sandbox (nothing is built),
 so one that names a global outside the allowlist is reported with that global.
 
-A config file is read once, checked against its blob name, and parsed for remote code
-(:mod:`sandboxload.remotecode`); code files and ``custom_generate/`` are remote code as they
-stand. Remote code is ``refused`` unless the policy allows it.
+A config file is read once, checked against its blob name, and parsed -- under each name a
+cache blob is linked as -- for remote code (:mod:`sandboxload.remotecode`) and for loader
+arguments that make loading unsafe (:func:`sandboxload.modelfolder.loader_kwargs_findings`);
+code files and ``custom_generate/`` are remote code as they stand. Remote code is ``refused``
+unless the policy allows it. A shard index's findings come from the listing
+(:mod:`.units`). Any other file is sniffed: a pickle under any name is checked as a weight
+file. Every file is judged on the descriptor opened: one that links out of the folder scanned
+is refused (:func:`sandboxload.modelfolder.link_outside`, the rule ``convert`` applies too).
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import formats, loader, pinning, policy, remotecode, routes
+from .. import formats, loader, modelfolder, pinning, policy, remotecode, routes
+from ..conversion.content import pickle_in
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
+from ..modelfolder import link_outside, opened_as
 from ..wording import count
-from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, Unit
+from . import units
+from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, INDEX, OTHER, UNLISTED, Unit
 
 OK, REFUSED, UNSAFE, ERROR = "ok", "refused", "unsafe", "error"
 # Rule ids (SARIF ruleId): what kind of finding a row is.
 WEIGHTS_OK, WEIGHTS_REFUSED, WEIGHTS_UNSAFE = "weights-ok", "weights-refused", "weights-unsafe"
 REMOTE_CODE, CACHE_INTEGRITY, UNREADABLE = "remote-code", "cache-integrity", "unreadable"
+LOADING_REDIRECT = "loading-redirect"
 MAX_CONFIG = 16 << 20  # a config bigger than this is not parsed (an error, not a pass)
 
 
@@ -50,6 +59,8 @@ class Row:
 def check(unit: Unit, pol: policy.Policy | None = None) -> list[Row]:
     pol = pol or policy.current()
     first, also = unit.paths[0], unit.paths[1:]
+    if unit.kind == UNLISTED:
+        return [Row(first, ERROR, str(unit.problem), UNREADABLE, also=also)]
     if unit.problem is not None:
         return [Row(first, REFUSED, unit.problem, CACHE_INTEGRITY, also=also)]
     if unit.kind == DIR_LINK:
@@ -60,7 +71,13 @@ def check(unit: Unit, pol: policy.Policy | None = None) -> list[Row]:
     if unit.kind == CUSTOM_GENERATE:
         what = "a custom_generate/ directory: transformers runs its generate.py"
         return [_remote(first, what, pol, also)]
-    rows = _config(first, pol) if unit.kind == CONFIG else [classify(first, pol)]
+    if unit.kind == CONFIG:
+        return _config(unit, pol)
+    if unit.kind == INDEX:
+        return _index(unit)
+    rows = (
+        _other(first, pol, unit.root) if unit.kind == OTHER else [classify(first, pol, unit.root)]
+    )
     for row in rows:
         row.also = also
     return rows
@@ -73,38 +90,111 @@ def _remote(path: str, what: str, pol: policy.Policy, also: list[str] | None = N
     return Row(path, OK if allowed else REFUSED, detail, REMOTE_CODE, also=also or [])
 
 
-def _config(path: str, pol: policy.Policy) -> list[Row]:
-    name = os.path.basename(path)
+def _read(path: str, root: str) -> bytes | Row:
+    """A small file's bytes, checked against its blob name and read from inside ``root``;
+    or the row that says why not."""
     try:
         fd = open_regular(path)
         try:
+            why = link_outside(root, path, opened_as(fd)) if root else None
+            if why is not None:
+                return Row(path, REFUSED, why, LOADING_REDIRECT)
             size = os.fstat(fd).st_size
             if size > MAX_CONFIG:
-                return [Row(path, ERROR, f"over {MAX_CONFIG} bytes: not checked", UNREADABLE)]
+                return Row(path, ERROR, f"over {MAX_CONFIG} bytes: not checked", UNREADABLE)
             data = os.pread(fd, size + 1, 0)
         finally:
             os.close(fd)
         pinning.check_blob(path, data)  # the bytes parsed are the bytes hashed
     except HashMismatchError as exc:
-        return [Row(path, REFUSED, f"{type(exc).__name__}: {exc}", CACHE_INTEGRITY)]
+        return Row(path, REFUSED, f"{type(exc).__name__}: {exc}", CACHE_INTEGRITY)
     except SandboxLoadError as exc:  # not a regular file
-        return [Row(path, REFUSED, f"{type(exc).__name__}: {exc}", UNREADABLE)]
+        return Row(path, REFUSED, f"{type(exc).__name__}: {exc}", UNREADABLE)
     except OSError as exc:
-        return [Row(path, ERROR, exc.strerror or str(exc), UNREADABLE)]
+        return Row(path, ERROR, exc.strerror or str(exc), UNREADABLE)
+    return data
+
+
+def _config(unit: Unit, pol: policy.Policy) -> list[Row]:
+    """A config under each name it is listed as (a cache blob may be linked as both
+    ``modules.json`` and ``1_Asym/config.json``: each name is read differently)."""
+    data = _read(unit.paths[0], unit.root)
+    if isinstance(data, Row):
+        data.also = unit.paths[1:]
+        return [data]
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
         detail = f"not valid JSON, so not checked for remote code ({type(exc).__name__})"
-        return [Row(path, ERROR, detail, UNREADABLE)]
-    return [_remote(path, what, pol) for what in remotecode.config_findings(name, doc)]
+        return [Row(unit.paths[0], ERROR, detail, UNREADABLE, also=unit.paths[1:])]
+    rows = []
+    for name in dict.fromkeys(os.path.basename(p) for p in unit.paths):
+        path = next(p for p in unit.paths if os.path.basename(p) == name)
+        also = [p for p in unit.paths if p != path]
+        rows += [_remote(path, what, pol, also) for what in remotecode.config_findings(name, doc)]
+        for arg, what in modelfolder.loader_kwargs_findings(doc):
+            if arg == "trust_remote_code":
+                rows.append(_remote(path, what, pol, also))
+            else:
+                detail = f"unsafe loading: {what}"
+                rows.append(Row(path, REFUSED, detail, LOADING_REDIRECT, also=also))
+    return rows
 
 
-def classify(path: str, pol: policy.Policy | None = None) -> Row:
-    """One weight file: the loader's decision, its pins, then its route's check."""
+def _index(unit: Unit) -> list[Row]:
+    """A shard index: its own bytes, then what the listing found wrong with its weight_map
+    (each file it names is scanned as a weight file, whatever its name)."""
+    data = _read(unit.paths[0], unit.root)
+    if isinstance(data, Row):
+        data.also = unit.paths[1:]
+        return [data]
+    rows = []
+    for kind, path, detail in unit.findings:
+        also = [p for p in unit.paths if p != path]
+        if kind == units.OUTSIDE:
+            rows.append(Row(path, REFUSED, detail, LOADING_REDIRECT, also=also))
+        else:
+            rows.append(Row(path, ERROR, detail, UNREADABLE, also=also))
+    return rows
+
+
+def _other(path: str, pol: policy.Policy, root: str) -> list[Row]:
+    """A file not named like anything a library loads: sniffed, and checked as a weight
+    file if it holds a pickle (a protocol-0 pickle is text and cannot be told from text)."""
+    try:
+        fd = open_regular(path)
+        try:
+            why = link_outside(root, path, opened_as(fd))
+            if why is not None:
+                return [Row(path, REFUSED, why, LOADING_REDIRECT)]
+            inside = pickle_in(fd)
+        finally:
+            os.close(fd)
+    except SandboxLoadError as exc:  # not a regular file
+        return [Row(path, REFUSED, f"{type(exc).__name__}: {exc}", UNREADABLE)]
+    except OSError as exc:
+        return [Row(path, ERROR, exc.strerror or str(exc), UNREADABLE)]
+    if inside is None:
+        return []
+    if "NumPy" in inside:
+        return [Row(path, REFUSED, inside, WEIGHTS_REFUSED, formats.NUMPY)]
+    row = classify(path, pol, root)
+    row.detail = f"not named like a weight file, but {inside}: {row.detail}"
+    return [row]
+
+
+def classify(path: str, pol: policy.Policy | None = None, root: str = "") -> Row:
+    """One weight file: inside ``root`` (if given), the loader's decision, its pins, then
+    its route's check."""
     pol = pol or policy.current()
     fmt, route, rule = "-", routes.REFUSED, WEIGHTS_REFUSED
     try:
         with loader.open_source(path) as src:
+            why = (
+                link_outside(root, path, opened_as(src.fd)) if root and src.fd is not None else None
+            )
+            if why is not None:
+                return Row(path, REFUSED, why, LOADING_REDIRECT)
             a = loader.decide(src, pol, "scan", routes.ANY_WEIGHTS, audit=False)
             fmt, route = a.fmt, a.route.name
             if a.route.refused:

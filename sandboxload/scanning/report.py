@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from ..wording import count
+from ..wording import count, shown
 from .check import ERROR, OK, REFUSED, UNSAFE, Row
 from .units import Unit
 
@@ -17,8 +17,10 @@ VERDICTS = (OK, REFUSED, UNSAFE, ERROR)
 
 
 def text_line(row: Row) -> str:
-    line = f"{row.verdict.upper():<8} {row.format:<12} {row.file}: {row.detail}"
-    return line + "".join(f"\n{'':<8} {'':<12} (same blob) {p}" for p in row.also)
+    """One row (and a line per other path of its blob); names from the files escaped, so a
+    name cannot forge a row or the summary, nor send escape sequences."""
+    line = f"{row.verdict.upper():<8} {row.format:<12} {shown(row.file)}: {shown(row.detail)}"
+    return line + "".join(f"\n{'':<8} {'':<12} (same blob) {shown(p)}" for p in row.also)
 
 
 def json_line(row: Row) -> str:

@@ -16,6 +16,7 @@ from .. import __version__
 from .check import (
     CACHE_INTEGRITY,
     ERROR,
+    LOADING_REDIRECT,
     OK,
     REFUSED,
     REMOTE_CODE,
@@ -44,7 +45,15 @@ RULES: dict[str, tuple[str, str]] = {  # id -> (name, what it means)
     REMOTE_CODE: (
         "RemoteCode",
         "The model ships code a library would run: auto_map, a custom sentence-transformers "
-        "module, custom_generate/, a Python file",
+        "module or class (modules.json, an Asym/Router types map, an activation, a tokenizer "
+        "class), custom_generate/, a Python file, trust_remote_code in loader arguments",
+    ),
+    LOADING_REDIRECT: (
+        "LoadingRedirect",
+        "A file that redirects loading out of the model or off its safe path: a link leaving "
+        "the folder scanned, an index naming a file outside its folder (or not safetensors "
+        "for a safetensors index), loader arguments such as weights_only=false, gguf_file, "
+        "from_tf/from_flax or a subfolder outside",
     ),
     CACHE_INTEGRITY: (
         "CacheIntegrity",
