@@ -598,3 +598,17 @@ def test_an_excluded_linked_directory_is_left_out(tmp_path: Path) -> None:
     proc = convert(model, "--exclude", "linked")
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "m-safetensors" / "linked").exists()
+
+
+def test_a_pickle_that_is_not_weights_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """training_args.bin (a pickled TrainingArguments) sits in many fine-tuned folders."""
+    model = pickle_copy(tmp_path / "m")
+    # GLOBAL transformers.training_args.TrainingArguments, (), NEWOBJ: what such a file names.
+    args = b"\x80\x02" + attacks.G("transformers.training_args", "TrainingArguments") + b")\x81."
+    (model / "training_args.bin").write_bytes(args)
+    proc = convert(model)
+    assert proc.returncode == 1, proc.stderr
+    assert "TrainingArguments" in proc.stderr and "--exclude training_args.bin" in proc.stderr
+    proc = convert(model, "--exclude", "training_args.bin")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "m-safetensors" / "training_args.bin").exists()

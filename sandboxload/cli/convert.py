@@ -150,6 +150,11 @@ def main(argv: list[str]) -> int:
         return _folder(opts) if os.path.isdir(opts.path) else _file(opts)
     except SandboxLoadError as exc:
         _say(shown(str(exc)))
+        file = getattr(exc, "file", None)
+        if os.path.isdir(opts.path) and isinstance(file, str) and os.path.isfile(file):
+            # Folders often hold pickles that are not weights (training_args.bin).
+            rel = os.path.relpath(file, os.path.realpath(opts.path))
+            _say(shown(f"if {rel} is not part of the model's weights: --exclude {rel}"))
         return 1
     except OSError as exc:
         _say(shown(f"{exc.filename or opts.path}: {exc.strerror or exc}"))
