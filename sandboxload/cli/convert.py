@@ -1,8 +1,8 @@
 """``sandboxload convert PATH``: pickle checkpoints -> safetensors, parsed only in the sandbox.
 
 PATH is a checkpoint or a model folder. Each checkpoint is parsed by the confined child
-(never unpickled here), reduced to its name -> tensor map (tied weights recorded as
-safetensors' own conversion records them), written under a temporary name, read back and
+(never unpickled here), reduced to its name -> tensor map (every name with bytes of its own,
+tied weights too), written under a temporary name, read back and
 compared bit for bit, and only then renamed into place. A folder's shard index becomes a
 ``model.safetensors.index.json``; sentence-transformers module folders (``2_Dense/``) convert
 like the rest.
@@ -15,7 +15,7 @@ else of the folder unchanged and no pickle, or ``--in-place`` beside its pickles
 
 Exit status: 0 converted; 1 a checkpoint was refused (a global that is not data, what
 safetensors cannot store, a pin that does not match); 2 bad usage or an unreadable path;
-130 interrupted (nothing half-written is left).
+130 interrupted, 143 terminated (nothing half-written is left either way).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Pickle checkpoint -> safetensors, parsed only in the sandbox and verified bit for bit.
 
-:mod:`.tensors` turns a sandboxed load's result into the name -> tensor map safetensors can
-hold (shared tensors as safetensors' own conversion treats them); :mod:`.writer` writes one
-file atomically and reads it back; :mod:`.folder` converts a model folder (shards and their
-index, sentence-transformers module folders) into a new folder or in place.
+:mod:`.source` parses one checkpoint in the sandbox; :mod:`.tensors` turns the result into
+the name -> tensor map safetensors can hold; :mod:`.writer` writes one file atomically and
+reads it back; :mod:`.layout` plans a folder's conversion and checks it before any write
+(:mod:`.content`: nothing carried over holds a pickle); :mod:`.folder` carries the plan out,
+into a new folder or in place.
 """
