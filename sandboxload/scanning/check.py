@@ -90,7 +90,7 @@ def _remote(path: str, what: str, pol: policy.Policy, also: list[str] | None = N
     return Row(path, OK if allowed else REFUSED, detail, REMOTE_CODE, also=also or [])
 
 
-def _read(path: str, root: str) -> bytes | Row:
+def _read(path: str, root: str, limit: int = MAX_CONFIG) -> bytes | Row:
     """A small file's bytes, checked against its blob name and read from inside ``root``;
     or the row that says why not."""
     try:
@@ -100,8 +100,8 @@ def _read(path: str, root: str) -> bytes | Row:
             if why is not None:
                 return Row(path, REFUSED, why, LOADING_REDIRECT)
             size = os.fstat(fd).st_size
-            if size > MAX_CONFIG:
-                return Row(path, ERROR, f"over {MAX_CONFIG} bytes: not checked", UNREADABLE)
+            if size > limit:
+                return Row(path, ERROR, f"over {limit} bytes: not checked", UNREADABLE)
             data = os.pread(fd, size + 1, 0)
         finally:
             os.close(fd)
@@ -144,7 +144,7 @@ def _config(unit: Unit, pol: policy.Policy) -> list[Row]:
 def _index(unit: Unit) -> list[Row]:
     """A shard index: its own bytes, then what the listing found wrong with its weight_map
     (each file it names is scanned as a weight file, whatever its name)."""
-    data = _read(unit.paths[0], unit.root)
+    data = _read(unit.paths[0], unit.root, units.MAX_INDEX)
     if isinstance(data, Row):
         data.also = unit.paths[1:]
         return [data]
