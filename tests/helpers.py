@@ -381,3 +381,15 @@ def on_a_terminal(*args: str, timeout: float = 120) -> tuple[int, str, bytes]:
     out = proc.stdout.read().decode()
     proc.stdout.close()
     return proc.wait(timeout), out, seen
+
+
+def console_script(site: Path, command: str, module: str, source: str) -> Path:
+    """A tiny installed distribution in ``site`` whose console script ``command`` runs
+    ``module:main`` (``source``): what the wrapper resolves COMMAND to, visible through
+    PYTHONPATH."""
+    dist = site / f"{command}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {command}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[console_scripts]\n{command} = {module}:main\n")
+    (site / f"{module}.py").write_text(source)
+    return site

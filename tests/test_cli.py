@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import PY, clean_env, run_cli
+from .helpers import PY, clean_env, console_script, run_cli
 
 
 @pytest.fixture
 def fake_console_script(tmp_path: Path, malicious: dict[str, Path]) -> dict[str, str]:
     """A console script ``fakecmd`` of a tiny installed distribution, visible via PYTHONPATH."""
-    site = tmp_path / "fakesite"
-    dist = site / "fakecmd-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakecmd\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[console_scripts]\nfakecmd = fakemod:main\n")
-    (site / "fakemod.py").write_text(
+    site = console_script(
+        tmp_path / "fakesite",
+        "fakecmd",
+        "fakemod",
         "import json, os, subprocess, sys\n"
         "def main():\n"
         "    import torch, sandboxload\n"
@@ -35,7 +33,7 @@ def fake_console_script(tmp_path: Path, malicious: dict[str, Path]) -> dict[str,
         "    print(json.dumps({'argv': sys.argv[1:], 'here': here,\n"
         "        'in_process': 'sandboxload.cli' in sys.modules,\n"
         "        'child_refused': 'sandboxload refused to unpickle' in child.stderr}))\n"
-        "    return 3\n"
+        "    return 3\n",
     )
     return clean_env(PYTHONPATH=str(site))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import PY, clean_env, on_a_terminal, run_cli, run_py
+from .helpers import PY, clean_env, console_script, on_a_terminal, run_cli, run_py
 
 ROOT = Path(__file__).parent.parent
 SUBCOMMANDS = ("doctor", "pin", "verify", "scan", "run", "convert")
@@ -278,18 +278,16 @@ def test_infinity_emb_through_the_wrapper_is_named_as_without_it() -> None:
 def test_a_console_script_keeps_spawning_children_through_the_wrapper(tmp_path: Path) -> None:
     """The wrapper gives the script the __main__ it would have had (a file, as pip writes it):
     multiprocessing's spawn re-runs it in children by path, behind its __main__ guard."""
-    site = tmp_path / "site"
-    dist = site / "spawncmd-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: spawncmd\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[console_scripts]\nspawncmd = spawnmod:main\n")
-    (site / "spawnmod.py").write_text(
+    site = console_script(
+        tmp_path / "site",
+        "spawncmd",
+        "spawnmod",
         "import multiprocessing, os, sys\n"
         "def main():\n"
         "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
         "        print(pool.map(abs, [-3, 4]), os.path.basename(sys.argv[0]),\n"
         "              os.path.basename(sys.modules['__main__'].__file__))\n"
-        "    return 0\n"
+        "    return 0\n",
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
