@@ -138,9 +138,10 @@ def _place(p: Plan, rel: str) -> None:
     p.copy.append(rel)
 
 
-def _read_index(path: str) -> dict[str, str]:
+def _read_index(p: Plan, path: str) -> dict[str, str]:
     fd = open_regular(path)
     try:
+        check_target(p, path, fd)  # the file opened, not the one the name reached at the walk
         with os.fdopen(fd, "rb", closefd=False) as f:
             raw = f.read(MAX_INDEX_BYTES + 1)
     finally:
@@ -162,7 +163,7 @@ def _read_index(path: str) -> dict[str, str]:
 def _check_index(p: Plan, index: str) -> None:
     path = os.path.join(p.root, index)
     here = os.path.dirname(index)
-    shards = sorted(set(_read_index(path).values()))
+    shards = sorted(set(_read_index(p, path).values()))
     for shard in shards:
         rel = os.path.normpath(os.path.join(here, shard))
         if os.path.dirname(rel) != here or shard != os.path.basename(shard):
