@@ -33,6 +33,8 @@ PATCHES = {
     "torch": "sandboxload.patches.torch:patch",
     "safetensors": "sandboxload.patches.safetensors:patch",
     "safetensors.torch": "sandboxload.patches.safetensors:patch_torch",
+    "numpy": "sandboxload.patches.numpy:patch",
+    "numpy.lib.format": "sandboxload.patches.numpy:patch_format",
     "transformers.utils.hub": "sandboxload.patches.transformers:patch_hub",
     "transformers.modeling_utils": "sandboxload.patches.transformers:patch_modeling",
     "transformers.dynamic_module_utils": "sandboxload.patches.transformers_remote:patch_dynamic",

@@ -9,16 +9,13 @@ name (``ckpt.pth.tar``), a binary pickle (``model.pickle``), a NumPy array of Py
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 
-from .. import formats
+from .. import formats, numpyobjects
 from ..fileid import open_regular
 
 # Formats that hold a pickle stream, by their magic: never carried over.
 PICKLED = (formats.TORCH_ZIP, formats.TORCH_LEGACY, formats.TORCH_TAR, formats.TORCHSCRIPT)
-MAX_NPY_HEADER = 1 << 16
 
 
 def pickle_inside(path: str) -> str | None:
@@ -43,38 +40,5 @@ def pickle_in(fd: int) -> str | None:
             return "it is a binary pickle"
         if fmt == formats.NUMPY:
             f.seek(0)
-            return _numpy_objects(f)
-    return None
-
-
-def _numpy_objects(f: io.BufferedReader) -> str | None:
-    """Whether a .npy (or each .npy of a .npz) holds Python objects, which NumPy pickles."""
-    try:
-        from numpy.lib import format as npformat
-    except ImportError:
-        return "it is a NumPy file and NumPy is not installed to check it for objects"
-    head = f.read(6)
-    f.seek(0)
-    members: list[tuple[str, io.BufferedReader]] = []
-    try:
-        if head == b"\x93NUMPY":
-            members.append(("", f))
-        else:
-            zf = zipfile.ZipFile(f)
-            for info in zf.infolist():
-                if info.filename.endswith(".npy"):
-                    members.append((info.filename, zf.open(info)))  # type: ignore[arg-type]
-        for name, member in members:
-            version = npformat.read_magic(member)
-            reader = (
-                npformat.read_array_header_1_0
-                if version == (1, 0)
-                else npformat.read_array_header_2_0
-            )
-            _shape, _order, dtype = reader(member, max_header_size=MAX_NPY_HEADER)
-            if dtype.hasobject:
-                where = f" ({name})" if name else ""
-                return f"it is a NumPy array of Python objects{where}, which NumPy pickles"
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        return f"it is a NumPy file that cannot be checked ({exc})"
+            return numpyobjects.why(f)
     return None
