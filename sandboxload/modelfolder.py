@@ -21,6 +21,7 @@ named by its digest (a git blob id or a SHA-256) that is itself a regular file, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -226,3 +227,25 @@ def weight_files(paths: Iterable[str]) -> list[str]:
         else:
             out.append(p)
     return sorted(set(out))
+
+
+MAX_INDEX = 64 << 20  # a shard index larger than this is not read
+
+
+def weight_map(fd: int) -> dict[str, str]:
+    """The ``weight_map`` (name -> file) of the shard index open as ``fd``; ValueError saying
+    why if it is not one (over :data:`MAX_INDEX` bytes, not JSON, nested too deeply...)."""
+    data = os.pread(fd, MAX_INDEX + 1, 0)
+    if len(data) > MAX_INDEX:
+        raise ValueError(f"over {MAX_INDEX} bytes")
+    try:
+        found = json.loads(data)["weight_map"]
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (KeyError, TypeError):
+        raise ValueError("no weight_map") from None
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in found.items()
+    ):
+        raise ValueError("its weight_map is not names -> file names")
+    return found

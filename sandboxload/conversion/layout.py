@@ -15,13 +15,12 @@ bytes), a shard index to rewrite, a file to carry over unchanged (which must hol
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .. import formats
+from .. import formats, modelfolder
 from ..errors import ConversionError
 from ..fileid import open_regular
 from ..modelfolder import link_outside, opened_as
@@ -32,7 +31,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 NUMPY_SUFFIXES = (".npy", ".npz")
 INDEX_SUFFIX = ".index.json"
 SAFE_WEIGHTS = (".safetensors", ".safetensors" + INDEX_SUFFIX)
-MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 def target_name(name: str) -> str:
@@ -142,22 +140,11 @@ def _read_index(p: Plan, path: str) -> dict[str, str]:
     fd = open_regular(path)
     try:
         check_target(p, path, fd)  # the file opened, not the one the name reached at the walk
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
+        return modelfolder.weight_map(fd)
+    except ValueError as exc:
+        raise ConversionError(path, f"not a shard index ({exc})", "Check the file.") from None
     finally:
         os.close(fd)
-    if len(raw) > MAX_INDEX_BYTES:
-        raise ConversionError(path, "the index is larger than 64 MiB", "Check the file.")
-    try:
-        weight_map = json.loads(raw)["weight_map"]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ConversionError(path, f"not a shard index ({detail})", "Check the file.") from None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise ConversionError(path, "its weight_map is not names -> file names", "Check it.")
-    return weight_map
 
 
 def _check_index(p: Plan, index: str) -> None:

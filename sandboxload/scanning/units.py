@@ -21,7 +21,6 @@ relative to the root it was found under; for a blob, ``models--org--name/blobs/<
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ OTHER = "other"  # any other file: sniffed when checked
 DIR_LINK = "dir_link"  # a linked directory: not followed (it may leave the root, or loop)
 UNLISTED = "unlisted"  # a directory that could not be listed
 INDEX_SUFFIX = ".index.json"
-MAX_INDEX = 64 << 20
+MAX_INDEX = modelfolder.MAX_INDEX
 # Finding kinds of an index, for the check to turn into rows.
 OUTSIDE, MISSING, BROKEN = "outside", "missing", "broken"
 
@@ -124,22 +123,9 @@ def read_index(path: str) -> dict[str, str]:
     """An index's ``weight_map`` (name -> file); ValueError if it is not one."""
     fd = open_regular(path)
     try:
-        data = os.pread(fd, MAX_INDEX + 1, 0)
+        return modelfolder.weight_map(fd)
     finally:
         os.close(fd)
-    if len(data) > MAX_INDEX:
-        raise ValueError(f"over {MAX_INDEX} bytes")
-    try:
-        weight_map = json.loads(data)["weight_map"]
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except (KeyError, TypeError):
-        raise ValueError("no weight_map") from None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise ValueError("its weight_map is not names -> file names")
-    return weight_map
 
 
 def _index_targets(
