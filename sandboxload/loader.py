@@ -30,6 +30,10 @@ UNKNOWN = "<bytes>"  # the name of in-memory weights no file can be named for
 # The one bytes object admitted by the gate in force on this thread: safetensors' own
 # torch.load(bytes) calls deserialize, which must not gate (and audit) the same bytes again.
 _admitted: ContextVar[object] = ContextVar("sandboxload_admitted", default=None)
+# The file a library is reading records from while it hands them over as in-memory streams
+# (torch.distributed.checkpoint's BytesIO slices of a .distcp file): named in errors and
+# the audit line, never used for pinning (the pin is the whole file's, not a slice's).
+reading_from: ContextVar[str | None] = ContextVar("sandboxload_reading_from", default=None)
 
 
 @dataclass
@@ -103,7 +107,10 @@ def open_source(f: Any) -> Iterator[Source]:
             f"got {type(f).__name__}"
         )
     origin = origins.of_file(f)  # before reading: a pipe's end may not outlive the read
-    yield memory_source(bytes(f.read()), origin, f"<{type(f).__name__}>")
+    label, within = f"<{type(f).__name__}>", reading_from.get()
+    if within is not None:
+        label = f"{label} read from {within}"
+    yield memory_source(bytes(f.read()), origin, label)
 
 
 @contextmanager
@@ -194,6 +201,25 @@ def torch_load(
         a.log.write(
             "allowed" if route.name == routes.IN_PROCESS else "loaded", route.name, route.reason
         )
+        return result
+
+
+def dcp_metadata(f: Any, api: str, original: Callable[[Any], Any]) -> Any:
+    """A ``torch.distributed.checkpoint`` ``.metadata`` stream that the library would
+    ``pickle.load``: parsed in the sandbox into that module's own records (or, under
+    ``pickle=allow``, ``original`` on the very bytes that were sniffed and pinned)."""
+    with admit(f, api, routes.DCP_METADATA) as a:
+        try:
+            if a.route.name == routes.IN_PROCESS:
+                a.src.file.seek(0)
+                result = original(a.src.file)
+            else:
+                result = sandboxed(a, None, None)
+        except Exception as exc:
+            a.log.write("refused", a.route.name, f"{type(exc).__name__}: {exc}")
+            raise
+        decision = "allowed" if a.route.name == routes.IN_PROCESS else "loaded"
+        a.log.write(decision, a.route.name, a.route.reason)
         return result
 
 

@@ -24,10 +24,13 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .policy import Policy
+from .sandbox.protocol import READ_DCP
 
 # What the caller asked for.
 ANY_WEIGHTS: Final = "any"  # torch.load, sandboxload.load, scan: whatever the file is
 SAFETENSORS_ONLY: Final = "safetensors"  # safetensors' own entry points
+DCP_METADATA: Final = "dcp-metadata"  # torch.distributed.checkpoint's .metadata pickle
+ASKED: Final = (ANY_WEIGHTS, SAFETENSORS_ONLY, DCP_METADATA)
 
 # Route names, as the audit log writes them.
 SAFETENSORS: Final = "safetensors"  # header checked, then safetensors maps the file
@@ -73,6 +76,10 @@ def route(fmt: str, pol: Policy, asked: str = ANY_WEIGHTS) -> Route:
             return Route(SAFETENSORS, "valid safetensors header")
         detail = f"its bytes are not a safetensors file (they sniff as {fmt})"
         return _refuse(detail, lambda f: InvalidSafetensorsError(f, detail))
+    if asked == DCP_METADATA and fmt not in (formats.PICKLE, formats.UNKNOWN):
+        # pickle.load would read nothing else; a weight file here is a confused folder.
+        detail = f"not the pickle torch.distributed.checkpoint writes (the bytes sniff as {fmt})"
+        return _refuse(detail, lambda f: CorruptCheckpointError(f, detail))
     if fmt == formats.SAFETENSORS:
         return Route(SAFETENSORS, "safetensors holds no code")
     if pol.pickle == "allow":
@@ -102,7 +109,7 @@ def route(fmt: str, pol: Policy, asked: str = ANY_WEIGHTS) -> Route:
         return _refuse(
             "SANDBOXLOAD_PICKLE=refuse", lambda f: PickleRefusedError(f, fmt, REFUSE_HINT)
         )
-    reader = formats.READER.get(fmt)
+    reader = READ_DCP if asked == DCP_METADATA else formats.READER.get(fmt)
     if reader is None:
         return _refuse(
             "not a torch checkpoint",

@@ -91,7 +91,7 @@ def test_route_is_total_and_refusals_name_the_file() -> None:
     """Every format x pickle mode x caller x allowlist has a route; every refusal is typed."""
     for fmt in formats.SNIFFED:
         for mode in policy.PICKLE_MODES:
-            for asked in (routes.ANY_WEIGHTS, routes.SAFETENSORS_ONLY):
+            for asked in routes.ASKED:
                 for allowed in ((), ("safetensors",), formats.POLICY_FORMATS):
                     pol = policy.Policy(pickle=mode, formats=allowed)
                     r = routes.route(fmt, pol, asked)

@@ -20,7 +20,7 @@ from ..fileid import LRU, FileId
 from ..policy import Policy, allowed_globals
 from . import client
 from .owned import OwnedCopy
-from .protocol import READ_ZIP
+from .protocol import READ_DCP, READ_ZIP
 from .rebuild import rebuild
 
 MIB = 1 << 20
@@ -133,7 +133,9 @@ def load(
         if unchanged is not None and not unchanged():  # the bytes read are not those admitted
             raise CorruptCheckpointError(name, "the file changed while it was being loaded")
         memfd = (parsed.memfd, parsed.memfd_capacity) if parsed is not None else None
-        result = _build(description, file, size, memfd, name, pol, map_location, deadline, extra)
+        result = _build(
+            description, file, size, memfd, name, pol, map_location, deadline, extra, reader
+        )
     finally:
         if parsed is not None:
             os.close(parsed.memfd)
@@ -233,6 +235,7 @@ def _build(
     map_location: Any,
     deadline: float,
     extra: tuple[str, ...],
+    reader: str,
 ) -> Any:
     return rebuild(
         description,
@@ -244,6 +247,7 @@ def _build(
         memfd_size=memfd[1] if memfd else 0,
         extra_globals=extra,
         deadline=(deadline, pol.timeout),
+        records=reader == READ_DCP,
     )
 
 

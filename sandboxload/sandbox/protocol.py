@@ -32,7 +32,10 @@ MEMFD_FD = 4
 READ_ZIP = "torch-zip"
 READ_LEGACY = "torch-legacy"
 READ_TAR = "torch-tar"
-READERS = (READ_ZIP, READ_LEGACY, READ_TAR)
+# A bare pickle as torch.distributed.checkpoint writes its ``.metadata``: no storages, and
+# the records of that module's fixed set of dataclasses besides plain data.
+READ_DCP = "dcp-metadata"
+READERS = (READ_ZIP, READ_LEGACY, READ_TAR, READ_DCP)
 
 # Config keys, passed as ``key=value`` arguments (or, to a spare worker, as lines).
 CONFIG_INTS = (
@@ -118,6 +121,11 @@ NODE_FIELDS = {
     "ndarray": ("via", "version", "dtype_id", "shape", "fortran", "offset", "nbytes"),
     "npscalar": ("dtype_id", "base64"),
     "npdtype": ("code", "align", "copy", "state"),
+    # READ_DCP only: a dataclass of torch.distributed.checkpoint's fixed table, its enum
+    # members and the paths it records, named by the table's own names.
+    "record": ("class_name", "attrs"),
+    "enum": ("class_name", "value"),
+    "path": ("parts",),
 }
 SHELLS = frozenset({"list", "dict", "odict", "counter", "namespace", "object"})
 NDARRAY_VIA = ("reconstruct", "frombuffer")

@@ -25,7 +25,7 @@ import torch
 from ..errors import CorruptCheckpointError, SandboxLoadError, UnsafeGlobalError
 from ..maplocation import restore, untyped
 from ..policy import not_plain_data
-from . import rebuild_numpy, rebuild_special
+from . import rebuild_dcp, rebuild_numpy, rebuild_special
 from .budget import Budget
 from .protocol import (
     DTYPE_SIZES,
@@ -60,6 +60,7 @@ class Rebuilder:
         memfd_size: int,
         extra_globals: tuple[str, ...],
         deadline: tuple[float, float] | None = None,
+        records: bool = False,
     ) -> None:
         self.name = name
         self.budget = Budget(name, deadline)
@@ -69,6 +70,8 @@ class Rebuilder:
         self.storages = Storages(self.sources, self.budget, self._restore)
         self.objects: list[Any] = []
         self.memfd_copied = 0  # bytes copied out of the memfd for NumPy arrays
+        # torch.distributed.checkpoint's records: only a READ_DCP description may hold them.
+        self.records = rebuild_dcp.Records(self.budget.surrogates) if records else None
 
     def _restore(self, storage: Any, location: str) -> Any:
         return untyped(restore(storage, location, self.map_location))
@@ -106,6 +109,8 @@ class Rebuilder:
             if shell[i]:
                 self.index = len(nodes)
                 self._fill(self.objects[i], node)
+        if self.records is not None:
+            self.records.finish()
         root = int_(description.get("root"), "root", 0, len(nodes) - 1)
         return self.objects[root]
 
@@ -250,6 +255,12 @@ class Rebuilder:
             return rebuild_numpy.ndarray(
                 args, self.ref, self._memfd_bytes, self.sources["memfd"][1]
             )
+        if kind in ("record", "enum", "path") and self.records is not None:
+            if kind == "record":
+                return self.records.record(args[0], self._attrs(args[1]))
+            if kind == "enum":
+                return self.records.enum(args[0], args[1])
+            return self.records.path(args[0])
         raise Invalid(f"node kind {kind!r} cannot appear here")
 
     def _tensor_kind(self, kind: str, args: list[Any]) -> Any:

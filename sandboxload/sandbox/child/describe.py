@@ -9,6 +9,7 @@ import math
 
 from ..protocol import NODE_FIELDS, SHELLS
 from . import data_standins as ds
+from . import dcp_standins as dcp
 from . import torch_standins as ts
 from .allowlist import VALUE_NAMES
 from .errors import Malformed
@@ -89,6 +90,8 @@ class Describer:
             return out
         if isinstance(obj, (ds.NamespaceSI, ds.GenericObject)):
             return list(vars(obj).values())
+        if isinstance(obj, dcp.Record):
+            return list(obj.fields.values())
         if isinstance(obj, (ts.TensorRef, ts.ParamRef)):
             extra = [obj.data] if isinstance(obj, ts.ParamRef) else []
             return extra + list(obj.attrs.values())
@@ -144,6 +147,12 @@ class Describer:
             return ["namespace", self._attrs(vars(obj))]
         if isinstance(obj, ds.GenericObject):
             return ["object", obj.qualname, self._attrs(vars(obj))]
+        if isinstance(obj, dcp.Record):
+            return ["record", obj.qualname, self._attrs(obj.fields)]
+        if t is dcp.EnumValue:
+            return ["enum", obj.qualname, obj.value]
+        if t is dcp.PathValue:
+            return ["path", list(obj.parts)]
         if t is ts.TensorRef:
             return [
                 "tensor",

@@ -12,6 +12,7 @@ import struct
 import sys
 
 from ..protocol import ALIGN, DTYPE_SIZES
+from . import dcp_standins
 from .errors import Malformed, Unsupported
 from .torch_standins import StorageRef, StorageType, rebuild_tensor
 from .unpickler import RestrictedUnpickler
@@ -152,6 +153,17 @@ def read_zip(fd: int, size: int, out: Output, pickle_cap: int) -> object:
 
     data = zf.read(f"{prefix}/data.pkl", pickle_cap)
     return RestrictedUnpickler(io.BytesIO(data), persistent_load).load()
+
+
+# --- torch.distributed.checkpoint metadata -----------------------------------------------
+
+
+def read_dcp_metadata(f: io.BufferedReader) -> object:
+    """``.metadata``: one bare pickle of a ``Metadata`` record, as ``pickle.load`` reads it
+    (no persistent ids: it holds no storages)."""
+    root = RestrictedUnpickler(f, None, dcp_standins.ALLOWED).load()
+    dcp_standins.check_root(root)
+    return root
 
 
 # --- legacy stacked pickles ----------------------------------------------------------------

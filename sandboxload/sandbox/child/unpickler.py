@@ -15,10 +15,11 @@ from .errors import Malformed, Refused
 class RestrictedUnpickler(_pickle.Unpickler):
     """pickle.Unpickler whose globals are stand-ins; nothing else resolves."""
 
-    def __init__(self, file, persistent_load=None) -> None:
+    def __init__(self, file, persistent_load=None, extra=None) -> None:
         # torch.load decodes Python 2 strings as utf-8; so does this.
         super().__init__(file, encoding="utf-8")
         self._persistent = persistent_load
+        self._extra = extra or {}  # one reader's own names (READ_DCP's records)
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -27,6 +28,10 @@ class RestrictedUnpickler(_pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return ALLOWED[(module, name)]
+        except (KeyError, TypeError):
+            pass
+        try:
+            return self._extra[(module, name)]
         except (KeyError, TypeError):
             raise Refused(str(module), str(name)) from None
 

@@ -62,6 +62,8 @@ def parse(config: dict) -> dict:
             root = readers.read_tar(f, p.CKPT_FD, out)
         elif fmt == p.READ_LEGACY:
             root = readers.read_legacy(f, p.CKPT_FD, out)
+        elif fmt == p.READ_DCP:
+            root = readers.read_dcp_metadata(f)
         else:
             raise Malformed(f"unknown reader {fmt!r}")
     if config["probe"]:

@@ -1,0 +1,212 @@
+"""torch.distributed.checkpoint's metadata records, rebuilt from checked fields (parent side).
+
+A fixed table: the file names one of its classes, the table decides what that name means,
+each field is checked against it, and the class is made by its own constructor (plain
+dataclass ``__init__`` of torch's code, never anything the file chose). Containers a record
+holds are filled after the records are made (they may be shells), so their contents are
+checked at the end of the build (:meth:`Records.finish`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .validate import Invalid, check
+
+_METADATA = "torch.distributed.checkpoint.metadata"
+_MEM_FORMAT_ENCODING = f"{_METADATA}._MEM_FORMAT_ENCODING"
+MAX_NAME = 1 << 16  # a fully qualified name or file name, in characters
+_MEMORY_FORMATS = {
+    "contiguous_format": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+    "channels_last_3d": torch.channels_last_3d,
+    "preserve_format": torch.preserve_format,
+}
+# _MEM_FORMAT_ENCODING's values (torch writes the enum member, by value).
+_ENCODED_FORMATS = {0: torch.contiguous_format, 1: torch.channels_last, 2: torch.preserve_format}
+
+
+def _opt(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return (*kinds, type(None))
+
+
+def _name(value: Any, what: str) -> None:
+    check(type(value) is str and len(value) <= MAX_NAME and "\0" not in value, what)
+
+
+def _relative_file(value: Any) -> None:
+    """A data file's name, joined to the checkpoint's folder by dcp: it must stay inside."""
+    _name(value, "_StorageInfo.relative_path")
+    parts = pathlib.PurePosixPath(value).parts
+    check(
+        bool(parts) and not value.startswith("/") and ".." not in parts,
+        f"_StorageInfo.relative_path {value[:200]!r} leaves the checkpoint folder",
+    )
+
+
+class Records:
+    """Makes the records of one description; :meth:`finish` checks what they contain."""
+
+    def __init__(self, surrogates: dict[type, Callable[[Any], Any]]) -> None:
+        from torch.distributed.checkpoint import filesystem, metadata
+
+        # A MetadataIndex key hashes as (fqn, offset): the budget measures it as that tuple.
+        surrogates[metadata.MetadataIndex] = lambda key: (key.fqn, key.offset)
+
+        self.m, self.fs = metadata, filesystem
+        self.deferred: list[Callable[[], None]] = []
+        m = metadata
+        # class name -> (class, {field: allowed types}); required fields have no default.
+        self.table: dict[str, tuple[type, dict[str, tuple[type, ...]], frozenset[str]]] = {
+            f"{_METADATA}.Metadata": (
+                m.Metadata,
+                {
+                    "state_dict_metadata": (dict,),
+                    "planner_data": (object,),  # plain data, whatever the planner kept
+                    "storage_data": _opt(dict),
+                    "storage_meta": _opt(m.StorageMeta),
+                    "version": _opt(str),
+                },
+                frozenset({"state_dict_metadata"}),
+            ),
+            f"{_METADATA}.TensorStorageMetadata": (
+                m.TensorStorageMetadata,
+                {
+                    "properties": (m.TensorProperties,),
+                    "size": (torch.Size,),
+                    "chunks": (list,),
+                },
+                frozenset({"properties", "size", "chunks"}),
+            ),
+            f"{_METADATA}.BytesStorageMetadata": (m.BytesStorageMetadata, {}, frozenset()),
+            f"{_METADATA}.ChunkStorageMetadata": (
+                m.ChunkStorageMetadata,
+                {"offsets": (torch.Size,), "sizes": (torch.Size,)},
+                frozenset({"offsets", "sizes"}),
+            ),
+            f"{_METADATA}.TensorProperties": (
+                m.TensorProperties,
+                {
+                    "dtype": (torch.dtype,),
+                    "layout": (torch.layout,),
+                    "requires_grad": (bool,),
+                    "memory_format": (torch.memory_format,),
+                    "pin_memory": (bool,),
+                },
+                frozenset(),
+            ),
+            f"{_METADATA}.MetadataIndex": (
+                m.MetadataIndex,
+                {"fqn": (str,), "offset": _opt(torch.Size), "index": _opt(int)},
+                frozenset({"fqn"}),
+            ),
+            f"{_METADATA}.StorageMeta": (
+                m.StorageMeta,
+                {
+                    "checkpoint_id": _opt((str, pathlib.PurePosixPath)),
+                    "save_id": _opt(str),
+                    "load_id": _opt(str),
+                    "modules": (list,),
+                },
+                frozenset(),
+            ),
+            "torch.distributed.checkpoint.filesystem._StorageInfo": (
+                filesystem._StorageInfo,
+                {
+                    "relative_path": (str,),
+                    "offset": (int,),
+                    "length": (int,),
+                    "transform_descriptors": _opt((list, tuple)),
+                },
+                frozenset({"relative_path", "offset", "length"}),
+            ),
+        }
+
+    def record(self, qualname: Any, fields: dict[str, Any]) -> Any:
+        check(qualname in self.table, "record class")
+        cls, spec, required = self.table[qualname]
+        short = qualname.rpartition(".")[2]
+        unknown = set(fields) - set(spec)
+        if unknown:
+            raise Invalid(f"{short} has no field {sorted(unknown)[0][:100]!r}")
+        check(required <= set(fields), f"{short} lacks a required field")
+        for key, value in fields.items():
+            kinds = spec[key]
+            ok = object in kinds or isinstance(value, kinds)
+            if type(value) is bool:  # a bool is an int to isinstance, never to a field
+                ok = ok and (bool in kinds or object in kinds)
+            check(ok, f"{short}.{key}")
+        self._scalars(short, fields)
+        try:
+            obj = cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(f"{short}: {exc}") from None
+        self.deferred.append(lambda: self._contents(short, obj))
+        return obj
+
+    @staticmethod
+    def _scalars(short: str, fields: dict[str, Any]) -> None:
+        if short == "_StorageInfo":
+            _relative_file(fields["relative_path"])
+            check(fields["offset"] >= 0 and fields["length"] >= 0, "_StorageInfo range")
+        elif short == "MetadataIndex":
+            _name(fields["fqn"], "MetadataIndex.fqn")
+            index = fields.get("index")
+            check(index is None or index >= 0, "MetadataIndex.index")
+        elif short == "ChunkStorageMetadata":
+            check(len(fields["offsets"]) == len(fields["sizes"]), "chunk rank")
+
+    def _contents(self, short: str, obj: Any) -> None:
+        """What a record's containers hold, once every container is filled."""
+        m = self.m
+        if short == "Metadata":
+            for k, v in obj.state_dict_metadata.items():
+                _name(k, "state_dict_metadata key")
+                check(
+                    isinstance(v, (m.TensorStorageMetadata, m.BytesStorageMetadata)),
+                    f"state_dict_metadata[{k[:100]!r}]",
+                )
+            if obj.storage_data is not None:
+                for k, v in obj.storage_data.items():
+                    check(
+                        type(k) is m.MetadataIndex and type(v) is self.fs._StorageInfo,
+                        "storage_data maps MetadataIndex to _StorageInfo",
+                    )
+        elif short == "TensorStorageMetadata":
+            rank = len(obj.size)
+            for chunk in obj.chunks:
+                check(type(chunk) is m.ChunkStorageMetadata, "chunks")
+                check(len(chunk.offsets) == rank, "chunk rank")
+                spans = zip(chunk.offsets, chunk.sizes, obj.size, strict=True)
+                check(all(o + n <= d for o, n, d in spans), "a chunk outside its tensor")
+        elif short == "StorageMeta":
+            check(all(type(x) is str for x in obj.modules), "StorageMeta.modules")
+        elif short == "_StorageInfo" and obj.transform_descriptors is not None:
+            check(
+                all(type(x) is str for x in obj.transform_descriptors),
+                "_StorageInfo.transform_descriptors",
+            )
+
+    def enum(self, qualname: Any, value: Any) -> Any:
+        if qualname == _MEM_FORMAT_ENCODING:
+            check(value in _ENCODED_FORMATS and type(value) is int, "memory format encoding")
+            return _ENCODED_FORMATS[value]
+        check(qualname == "torch.memory_format" and value in _MEMORY_FORMATS, "memory format")
+        return _MEMORY_FORMATS[value]
+
+    @staticmethod
+    def path(parts: Any) -> pathlib.PurePosixPath:
+        check(isinstance(parts, list) and len(parts) <= 4096, "path")
+        for p in parts:
+            _name(p, "path part")
+        # As pickle would: PosixPath(*parts), which is pure (no filesystem access).
+        return pathlib.PosixPath(*parts) if parts else pathlib.PosixPath()
+
+    def finish(self) -> None:
+        for run in self.deferred:
+            run()

@@ -1,0 +1,319 @@
+"""torch.distributed.checkpoint (issue 13, item 1): the ``.metadata`` file that
+``FileSystemReader.read_metadata`` reads with plain ``pickle.load`` is parsed in the sandbox
+into dcp's own records; an honest checkpoint loads unchanged (``dcp.load``,
+``dcp_to_torch_save``), and every attack -- proven live without sandboxload first -- is
+refused with a typed error naming the file, through the call a user makes."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, metadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from sandboxload.errors import (
+    CorruptCheckpointError,
+    NotARegularFileError,
+    PickleRefusedError,
+    UnsafeGlobalError,
+)
+
+from .attacks import TECHNIQUES, payload, torch_zip
+from .helpers import Payload, audited, clean_env, run_py
+
+# Every technique that is a plain pickle payload (the rest need a torch container).
+PICKLE_TECHNIQUES = sorted(TECHNIQUES)
+
+
+def state() -> dict[str, Any]:
+    return {
+        "w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "bf": torch.linspace(-2, 2, 5).to(torch.bfloat16),
+        "ids": torch.tensor([[1, -2], [3, 1 << 40]], dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.empty(0, 3),
+        "step": 7,
+        "name": "run-1",
+        "nested": {"t": torch.full((2, 2), -1.0), "lr": 1e-3, "betas": [0.9, 0.999]},
+    }
+
+
+def template() -> dict[str, Any]:
+    """What a caller loads into: same shapes, other values."""
+    out: dict[str, Any] = {}
+    for k, v in state().items():
+        if isinstance(v, torch.Tensor):
+            out[k] = torch.zeros_like(v)
+        elif isinstance(v, dict):
+            out[k] = {
+                kk: torch.zeros_like(vv) if isinstance(vv, torch.Tensor) else None
+                for kk, vv in v.items()
+            }
+        else:
+            out[k] = None
+    return out
+
+
+def assert_same(got: Any, want: Any) -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.dtype == want.dtype
+        assert torch.equal(got, want)
+    elif isinstance(want, dict):
+        assert set(got) == set(want)
+        for k in want:
+            assert_same(got[k], want[k])
+    else:
+        assert got == want
+
+
+def save(folder: Path, sd: dict[str, Any] | None = None) -> Path:
+    with warnings.catch_warnings():  # "torch.distributed is disabled": one process, intended
+        warnings.simplefilter("ignore")
+        dcp.save(state() if sd is None else sd, checkpoint_id=str(folder))
+    return folder
+
+
+def load(folder: Path, small: bool = False) -> dict[str, Any]:
+    sd = {"w": torch.zeros(3, 4), "step": None} if small else template()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(sd, checkpoint_id=str(folder))
+    return sd
+
+
+def plain_metadata(folder: Path) -> metadata.Metadata:
+    """The honest file as pickle itself reads it (only ever run on files this test wrote)."""
+    with open(folder / ".metadata", "rb") as f:
+        return pickle.load(f)
+
+
+def write_metadata(folder: Path, meta: metadata.Metadata) -> None:
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+
+
+LOAD_EACH = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch, torch.distributed.checkpoint as dcp
+for folder in sys.argv[1:]:
+    try:
+        dcp.load({"w": torch.zeros(3, 4), "step": None}, checkpoint_id=folder)
+    except BaseException as exc:  # dcp's CheckpointException is a BaseException
+        print(folder, type(exc).__name__)
+"""
+
+
+def load_each_without_sandboxload(folders: list[Path]) -> None:
+    proc = run_py(LOAD_EACH.replace("sys.argv[1:]", repr([str(f) for f in folders])))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- honest checkpoints ------------------------------------------------------------------
+
+
+def test_an_honest_checkpoint_loads_unchanged(tmp_path: Path, audit_log: Path) -> None:
+    ck = save(tmp_path / "ck")
+    assert_same(load(ck), state())
+    meta = FileSystemReader(str(ck)).read_metadata()
+    plain = plain_metadata(ck)
+    assert type(meta) is metadata.Metadata
+    assert meta.state_dict_metadata == plain.state_dict_metadata
+    assert meta.storage_data == plain.storage_data
+    assert list(meta.storage_data) == list(plain.storage_data)
+    assert meta.planner_data == plain.planner_data and meta.version == plain.version
+    assert meta.storage_meta is not None and plain.storage_meta is not None
+    assert meta.storage_meta.checkpoint_id == plain.storage_meta.checkpoint_id
+    assert meta.storage_meta.save_id == plain.storage_meta.save_id
+    lines = [e for e in audited(audit_log) if e["file"] == str(ck / ".metadata")]
+    assert lines and {(e["api"], e["route"], e["decision"]) for e in lines} == {
+        ("torch.distributed.checkpoint", "sandbox", "loaded")
+    }
+    # The tensor and byte records went through the patched torch.load, into the sandbox.
+    assert {e["route"] for e in audited(audit_log) if e["api"] == "torch.load"} == {"sandbox"}
+
+
+def test_dcp_to_torch_save_converts_unchanged(tmp_path: Path, audit_log: Path) -> None:
+    ck = save(tmp_path / "ck")
+    out = tmp_path / "flat.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_to_torch_save(str(ck), str(out))
+    assert_same(torch.load(out), state())
+    assert any(e["file"] == str(ck / ".metadata") for e in audited(audit_log))
+
+
+# --- attacks -----------------------------------------------------------------------------
+
+
+def payload_folders(tmp_path: Path, honest: Path) -> dict[str, tuple[Path, Path]]:
+    """One checkpoint folder per technique: honest data, a payload ``.metadata``."""
+    out = {}
+    for i, technique in enumerate(PICKLE_TECHNIQUES):
+        folder = tmp_path / f"evil{i}"
+        folder.mkdir()
+        (folder / "__0_0.distcp").write_bytes((honest / "__0_0.distcp").read_bytes())
+        canary = tmp_path / f"canary{i}"
+        (folder / ".metadata").write_bytes(payload(technique, canary))
+        out[technique] = (folder, canary)
+    return out
+
+
+def test_payload_metadata_is_refused_by_dcp_load(tmp_path: Path, sandboxed: None) -> None:
+    honest = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    folders = payload_folders(tmp_path, honest)
+    load_each_without_sandboxload([f for f, _ in folders.values()])
+    live = {t for t, (_, canary) in folders.items() if canary.exists()}
+    assert live == set(folders), f"not live without sandboxload: {set(folders) - live}"
+    for _, canary in folders.values():
+        canary.unlink()
+    for technique, (folder, canary) in folders.items():
+        with pytest.raises((UnsafeGlobalError, CorruptCheckpointError)) as err:
+            load(folder)
+        assert str(folder / ".metadata") in str(err.value), technique
+        assert not canary.exists(), technique
+
+
+def test_a_payload_inside_real_records_is_refused(tmp_path: Path, sandboxed: None) -> None:
+    """A real Metadata whose StorageMeta carries the payload, and the rank-local
+    ``__0.metadata`` that dcp falls back to after the global file fails (it catches that
+    failure: the refusal must still reach the caller)."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    canary = tmp_path / "CANARY"
+    meta = plain_metadata(ck)
+    meta.storage_meta = metadata.StorageMeta(save_id=Payload(canary))  # type: ignore[arg-type]
+    write_metadata(ck, meta)
+    (ck / "__0.metadata").write_bytes(pickle.dumps(Payload(canary)))
+    load_each_without_sandboxload([ck])
+    assert canary.exists()
+    canary.unlink()
+    with pytest.raises(UnsafeGlobalError, match=r"posix\.system"):
+        load(ck)
+    os.unlink(ck / ".metadata")  # now only the rank-local one is there
+    with pytest.raises(UnsafeGlobalError, match=r"__0\.metadata"):
+        load(ck)
+    assert not canary.exists()
+
+
+def test_a_byte_record_payload_is_refused(tmp_path: Path, sandboxed: None) -> None:
+    """dcp reads a non-tensor value with ``torch.load(..., weights_only=False)``: a payload
+    there, with honest metadata pointing at it."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    canary = tmp_path / "CANARY"
+    evil = torch_zip(payload("os.system", canary))
+    data = (ck / "__0_0.distcp").read_bytes()
+    (ck / "__0_0.distcp").write_bytes(data + evil)
+    meta = plain_metadata(ck)
+    (key,) = [k for k in meta.storage_data if k.fqn == "step"]
+    meta.storage_data[key] = _StorageInfo("__0_0.distcp", len(data), len(evil))
+    write_metadata(ck, meta)
+    load_each_without_sandboxload([ck])
+    assert canary.exists()
+    canary.unlink()
+    with pytest.raises(UnsafeGlobalError, match=r"read from .*__0_0\.distcp"):
+        load(ck, small=True)
+    assert not canary.exists()
+
+
+def test_a_data_file_outside_the_checkpoint_is_refused(tmp_path: Path, sandboxed: None) -> None:
+    """``_StorageInfo.relative_path`` is joined to the folder by dcp: ``../`` reads another
+    checkpoint's (or any file's) bytes into the caller's tensors."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    other = save(tmp_path / "other", {"w": torch.full((3, 4), 42.0), "step": 2})
+    meta = plain_metadata(ck)
+    for key, info in list(meta.storage_data.items()):  # same layout: same offsets there
+        meta.storage_data[key] = _StorageInfo("../other/__0_0.distcp", info.offset, info.length)
+    write_metadata(ck, meta)
+    code = (
+        "import warnings; warnings.simplefilter('ignore'); import torch, "
+        "torch.distributed.checkpoint as dcp; sd = {'w': torch.zeros(3, 4), 'step': None}; "
+        f"dcp.load(sd, checkpoint_id={str(ck)!r}); print(int(sd['w'][0, 0]))"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "42", proc.stderr[-2000:]
+    with pytest.raises(CorruptCheckpointError, match="leaves the checkpoint folder"):
+        load(ck, small=True)
+    assert (other / "__0_0.distcp").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["a list for the tensor table", "an unknown field", "a chunk outside its tensor"],
+)
+def test_records_that_do_not_fit_dcp_are_corrupt(
+    tmp_path: Path, sandboxed: None, change: str
+) -> None:
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    meta = plain_metadata(ck)
+    if change == "a list for the tensor table":
+        meta.state_dict_metadata = list(meta.state_dict_metadata.values())  # type: ignore[assignment]
+    elif change == "an unknown field":
+        meta.__dict__["extra"] = 1
+    else:
+        tsm = meta.state_dict_metadata["w"]
+        assert isinstance(tsm, metadata.TensorStorageMetadata)
+        tsm.chunks[0] = metadata.ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([3, 4]))
+    write_metadata(ck, meta)
+    with pytest.raises(CorruptCheckpointError, match=r"\.metadata"):
+        load(ck)
+
+
+def test_a_class_outside_the_table_is_an_unsafe_global(tmp_path: Path, sandboxed: None) -> None:
+    from torch.distributed.checkpoint.planner import SavePlan
+
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    meta = plain_metadata(ck)
+    meta.planner_data = SavePlan(items=[])
+    write_metadata(ck, meta)
+    with pytest.raises(UnsafeGlobalError, match="SavePlan"):
+        load(ck)
+
+
+def test_other_formats_and_special_files(tmp_path: Path, sandboxed: None) -> None:
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    buf = io.BytesIO()
+    torch.save({"a": 1}, buf)
+    (ck / ".metadata").write_bytes(buf.getvalue())  # a torch zip where dcp expects a pickle
+    with pytest.raises(CorruptCheckpointError, match="not the pickle"):
+        load(ck)
+    fifo = save(tmp_path / "fifo", {"w": torch.ones(3, 4), "step": 1})
+    os.unlink(fifo / ".metadata")
+    os.mkfifo(fifo / ".metadata")
+    # In a child with a deadline: a regression would block on open() for ever.
+    code = (
+        "import warnings; warnings.simplefilter('ignore'); import sandboxload; "
+        "sandboxload.activate(); import torch, torch.distributed.checkpoint as dcp; "
+        f"dcp.load({{'w': torch.zeros(3, 4), 'step': None}}, checkpoint_id={str(fifo)!r})"
+    )
+    proc = run_py(code, timeout=120)
+    assert proc.returncode != 0
+    assert NotARegularFileError.__name__ in proc.stderr and "FIFO" in proc.stderr
+
+
+def test_pickle_policies_apply(tmp_path: Path) -> None:
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    code = (
+        "import warnings; warnings.simplefilter('ignore'); import sandboxload; "
+        "sandboxload.activate(); import torch, torch.distributed.checkpoint as dcp; "
+        "sd = {'w': torch.zeros(3, 4), 'step': None}; "
+        f"dcp.load(sd, checkpoint_id={str(ck)!r}); print(sd['step'])"
+    )
+    log = tmp_path / "audit.jsonl"
+    refused = run_py(code, env=clean_env(SANDBOXLOAD_PICKLE="refuse"))
+    assert refused.returncode != 0
+    assert PickleRefusedError.__name__ in refused.stderr and ".metadata" in refused.stderr
+    allowed = run_py(
+        code, env=clean_env(SANDBOXLOAD_PICKLE="allow", SANDBOXLOAD_AUDIT_LOG=str(log))
+    )
+    assert allowed.returncode == 0 and allowed.stdout.strip() == "1", allowed.stderr[-2000:]
+    entry = next(e for e in audited(log) if e["file"] == str(ck / ".metadata"))
+    assert (entry["route"], entry["decision"]) == ("in-process-pickle", "allowed")
