@@ -92,10 +92,31 @@ class UnsafeGlobalError(PickleRefusedError):
             file,
             fmt,
             f"It names the global {self.global_name!r}, which is not on the allowlist of "
-            "plain data types; nothing was imported, called or loaded. Get the weights as "
-            "safetensors. (SANDBOXLOAD_ALLOW_GLOBALS=module.Name admits a plain data class "
-            "of your own, rebuilt without running its code; functions never are.)",
+            "plain data types; nothing was imported, called or loaded. " + _remedy(file, name),
         )
+
+
+def _remedy(file: str, name: str) -> str:
+    """How to proceed after an :class:`UnsafeGlobalError` naming ``name`` in ``file``."""
+    # A Trainer's training_args.bin pickles the run's arguments, not weights. The general
+    # way out is a dead end for it: there are no weights to get as safetensors, and
+    # SANDBOXLOAD_ALLOW_GLOBALS cannot admit it (its fields hold enums, which have a
+    # __new__, and accelerate's state). Only the text depends on these names, which the
+    # file chose; the refusal is the same for every global.
+    if name.endswith("TrainingArguments") or file.endswith("training_args.bin"):
+        return (
+            "The file holds the arguments of a training run (transformers.Trainer saves them "
+            "as training_args.bin), not weights, and Trainer does not read it to resume: "
+            "train(resume_from_checkpoint=...) loads optimizer.pt, scheduler.pt and "
+            "rng_state.pth, which are data. To keep the arguments readable, save them as "
+            "JSON (TrainingArguments.to_json_string()); to read a file you wrote yourself, "
+            "run once with SANDBOXLOAD_PICKLE=allow and torch.load(path, weights_only=False), "
+            "which runs the file's code in this process."
+        )
+    return (
+        "Get the weights as safetensors. (SANDBOXLOAD_ALLOW_GLOBALS=module.Name admits a "
+        "plain data class of your own, rebuilt without running its code; functions never are.)"
+    )
 
 
 class CorruptCheckpointError(_FileError, pickle.UnpicklingError):
