@@ -215,6 +215,12 @@ _ANY_FOLDER = os.path.join(os.sep, "model")
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy", ".npz")
+# torch.distributed.checkpoint's metadata pickle: the global one and each rank's own.
+_DCP_METADATA = re.compile(r"(__[0-9]+)?\.metadata")
+
+
+def is_dcp_metadata(path: str) -> bool:
+    return _DCP_METADATA.fullmatch(os.path.basename(path)) is not None
 
 
 def weight_files(paths: Iterable[str]) -> list[str]:
@@ -223,7 +229,11 @@ def weight_files(paths: Iterable[str]) -> list[str]:
     for p in paths:
         if os.path.isdir(p):
             for root, _dirs, files in os.walk(p):
-                out += [os.path.join(root, f) for f in files if f.endswith(WEIGHT_SUFFIXES)]
+                out += [
+                    os.path.join(root, f)
+                    for f in files
+                    if f.endswith(WEIGHT_SUFFIXES) or is_dcp_metadata(f)
+                ]
         else:
             out.append(p)
     return sorted(set(out))

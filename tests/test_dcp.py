@@ -7,6 +7,7 @@ refused with a typed error naming the file, through the call a user makes."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import warnings
@@ -28,7 +29,7 @@ from sandboxload.errors import (
 )
 
 from .attacks import TECHNIQUES, payload, torch_zip
-from .helpers import Payload, audited, clean_env, run_py
+from .helpers import Payload, audited, clean_env, run_cli, run_py
 
 # Every technique that is a plain pickle payload (the rest need a torch container).
 PICKLE_TECHNIQUES = sorted(TECHNIQUES)
@@ -317,3 +318,22 @@ def test_pickle_policies_apply(tmp_path: Path) -> None:
     assert allowed.returncode == 0 and allowed.stdout.strip() == "1", allowed.stderr[-2000:]
     entry = next(e for e in audited(log) if e["file"] == str(ck / ".metadata"))
     assert (entry["route"], entry["decision"]) == ("in-process-pickle", "allowed")
+
+
+def test_scan_checks_the_metadata_as_dcp_reads_it(tmp_path: Path) -> None:
+    """The gate judges ``.metadata`` (and a rank's ``__N.metadata``) as dcp would load it:
+    an honest one passes, a payload is refused (the data files are a known gap: see
+    docs/coverage.md)."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    (ck / "__0_0.distcp").unlink()
+    honest = run_cli("scan", "--json", str(ck))
+    rows = [json.loads(x) for x in honest.stdout.splitlines()]
+    assert honest.returncode == 0, honest.stdout + honest.stderr
+    assert [(r["file"], r["verdict"]) for r in rows] == [(str(ck / ".metadata"), "ok")]
+    (ck / "__3.metadata").write_bytes(payload("os.system", tmp_path / "CANARY"))
+    evil = run_cli("scan", "--json", str(ck))
+    rows = [json.loads(x) for x in evil.stdout.splitlines()]
+    assert evil.returncode == 1
+    bad = [r for r in rows if r["file"] == str(ck / "__3.metadata")]
+    assert bad and bad[0]["verdict"] == "refused" and "UnsafeGlobalError" in bad[0]["detail"]
+    assert not (tmp_path / "CANARY").exists()

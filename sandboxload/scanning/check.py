@@ -29,7 +29,8 @@ from .. import formats, loader, modelfolder, pinning, policy, remotecode, routes
 from ..conversion.content import pickle_in
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
-from ..modelfolder import link_outside, opened_as
+from ..modelfolder import is_dcp_metadata, link_outside, opened_as
+from ..sandbox.protocol import READ_DCP
 from ..wording import count
 from . import units
 from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, INDEX, OTHER, UNLISTED, Unit
@@ -195,7 +196,8 @@ def classify(path: str, pol: policy.Policy | None = None, root: str = "") -> Row
             )
             if why is not None:
                 return Row(path, REFUSED, why, LOADING_REDIRECT)
-            a = loader.decide(src, pol, "scan", routes.ANY_WEIGHTS, audit=False)
+            asked = routes.DCP_METADATA if is_dcp_metadata(path) else routes.ANY_WEIGHTS
+            a = loader.decide(src, pol, "scan", asked, audit=False)
             fmt, route = a.fmt, a.route.name
             if a.route.refused:
                 raise a.route.refusal(path)
@@ -220,7 +222,9 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
 
         header = read_header(a.src.fd, a.src.name)
         return OK, f"valid header, {count(len(header.tensors), 'tensor')}"
-    reader = formats.READER.get(a.fmt)
+    reader = a.route.reader or formats.READER.get(a.fmt)
+    if a.route.name == routes.IN_PROCESS and is_dcp_metadata(a.src.name):
+        reader = READ_DCP  # what the sandbox would read it as: still checked for data
     if a.route.name == routes.IN_PROCESS and reader is None:
         return UNSAFE, f"pickle=allow hands this {a.fmt} file to torch's own loader in-process"
     assert reader is not None
