@@ -8,7 +8,8 @@ gunicorn's master with ``--preload``, else in each worker -- and, when each work
 (lifespan), every task head in a directory with ``torch.load(weights_only=False)``, as many
 servers load training checkpoints. One head is benign, one carries an ``os.system`` payload.
 ``GET /answer`` returns the worker's pid and, per head, scores computed from the weights or
-the type of the error its load raised.
+the type of the error its load raised (a head that fails to load is reported, not fatal, so
+every worker stays up to say so; a server that dies of it is ``test_infinity``'s case).
 
 Each worker is reached over HTTP: ``/answer`` holds its worker's event loop until every worker
 has answered once, so the test's next request can only be accepted by a worker that has not
@@ -17,8 +18,10 @@ answered yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -238,6 +241,9 @@ def servers() -> Iterator[list[Server]]:
         deadline = time.monotonic() + 60
         while (left := [p for p in tree if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
+        for pid in left:  # reported below, but not left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         assert not left, f"processes left behind: {left}"
 
 
@@ -397,7 +403,9 @@ def test_gunicorn_preload_no_worker_uses_the_masters_spare(
     the heads to that inherited spare. A spare serves one file and exits, and the master loads
     nothing after the fork, so the master's spare -- started before any worker was forked --
     still waiting when every worker has loaded both heads is what proves that no worker used
-    it."""
+    it. (With spare.py's fork guards removed -- the at-fork reset, the owner check, and the
+    liveness poll, which fails in a process that is not the spare's parent -- a worker hands
+    its first head to that spare and this test fails: no spare is left in the master.)"""
     site = Site(tmp_path / "site", model, canary, WORKERS)
     port = free_port()
     cmd = gunicorn(site, port, "--preload")
