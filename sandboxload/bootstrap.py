@@ -67,6 +67,17 @@ PATCHES = {
         ),
         "sandboxload.patches.sentence_transformers:patch_model_class",
     ),
+    "diffusers.utils.dynamic_modules_utils": "sandboxload.patches.diffusers:patch_dynamic",
+    "diffusers.models.model_loading_utils": "sandboxload.patches.diffusers:patch_model_loading",
+    **dict.fromkeys(
+        (
+            "diffusers.pipelines.pipeline_utils",
+            "diffusers.models.modeling_utils",
+            "diffusers.models.auto_model",
+            "diffusers.modular_pipelines.modular_pipeline",
+        ),
+        "sandboxload.patches.diffusers:patch_entry_points",
+    ),
     "huggingface_hub.constants": "sandboxload.patches.hub:patch_constants",
     "huggingface_hub.file_download": "sandboxload.patches.hub:patch_download",
     "huggingface_hub._snapshot_download": "sandboxload.patches.hub:patch_snapshot",

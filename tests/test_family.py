@@ -1,0 +1,286 @@
+"""The rest of the Hugging Face family (issue 13, item 4): peft adapters, diffusers models and
+pipelines (their weights and every way a folder makes diffusers import its code), and
+``torch.hub.load_state_dict_from_url`` from its cache.
+
+Every run is a fresh interpreter: without sandboxload (the trusted side, and the proof that
+each attack is live), and with it switched on as a deployment does (``SANDBOXLOAD=1``, the site
+dir on ``PYTHONPATH``, an audit log). Models are tiny, made from configs and saved with the
+libraries' own ``save_pretrained``; nothing is downloaded (``HF_HUB_OFFLINE=1``).
+
+peft and diffusers are installed on ``.venv`` only (transformers 5.x): these tests skip
+elsewhere. timm and open_clip need torchvision, which has no CPU build here: not tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from .helpers import PY, Payload, audited, clean_env, run_cli
+
+slow = pytest.mark.slow  # several fresh interpreters importing transformers / diffusers each
+
+SITE_DIR: list[str] = []
+
+
+def env_for(audit: Path | None, **extra: str) -> dict[str, str]:
+    """No downloads; with sandboxload (env flag, site dir, audit log) when ``audit`` is given."""
+    env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    if audit is not None:
+        if not SITE_DIR:
+            SITE_DIR.append(run_cli("--site-dir").stdout.strip())
+        env.update(SANDBOXLOAD="1", PYTHONPATH=SITE_DIR[0], SANDBOXLOAD_AUDIT_LOG=str(audit))
+    return env
+
+
+def run(code: str, arg: Any, audit: Path | None = None, **extra: str) -> Any:
+    """What ``code`` prints last (JSON), given ``arg`` as JSON in ``sys.argv[1]``."""
+    proc = subprocess.run(
+        [PY, "-c", code, json.dumps(arg)],
+        env=env_for(audit, **extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def routes(audit: Path) -> dict[str, str]:
+    """{file name: route} of every load the audit log recorded."""
+    return {Path(e["file"]).name: e["route"] for e in audited(audit)}
+
+
+def payload_checkpoint(path: Path, canary: Path, sd: dict[str, torch.Tensor]) -> Path:
+    """``sd`` plus an entry whose unpickling runs ``touch canary``."""
+    torch.save({**sd, "evil": Payload(canary)}, path)
+    return path
+
+
+# A call that reaches torch.load with weights_only=True (peft, diffusers) does not run a
+# payload on this torch: the live proof turns weights_only off for every torch.load in the
+# process (what torch < 2.6 did by default), then makes the same library call.
+WEIGHTS_ONLY_OFF = """
+import torch
+_load = torch.load
+def _forced(*args, **kwargs):
+    kwargs["weights_only"] = False
+    return _load(*args, **kwargs)
+torch.load = _forced
+"""
+# The outcome of ``CALL`` (which sets ``result``) as JSON: outputs, or the error's type and text.
+OUTCOME = """
+import json, sys
+arg = json.loads(sys.argv[1])
+try:
+{call}
+    out = {{"ok": result}}
+except Exception as exc:
+    out = {{"error": type(exc).__name__, "module": type(exc).__module__, "text": str(exc)}}
+print(json.dumps(out))
+"""
+
+
+def outcome(call: str, prologue: str = "") -> str:
+    body = "\n".join("    " + line for line in call.strip().splitlines())
+    return prologue + OUTCOME.format(call=body)
+
+
+def refused_with(out: dict[str, Any], error: str) -> None:
+    assert out.get("error") == error, out
+    assert out["module"] == "sandboxload.errors", out
+
+
+# --- peft -------------------------------------------------------------------------------------
+
+PEFT_BUILD = """
+import json, sys
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from peft import LoraConfig, get_peft_model
+root = sys.argv[1]
+torch.manual_seed(0)
+base = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+base.save_pretrained(root + "/base")
+model = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False))
+model.save_pretrained(root + "/adapter_st")
+model.save_pretrained(root + "/adapter_bin", safe_serialization=False)
+"""
+PEFT_CALL = """
+import torch
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+base = AutoModelForCausalLM.from_pretrained(arg["base"])
+model = PeftModel.from_pretrained(base, arg["adapter"]).eval()
+with torch.no_grad():
+    logits = model(torch.arange(12).reshape(2, 6)).logits
+result = logits.flatten().tolist()
+"""
+
+
+@pytest.fixture(scope="module")
+def peft_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("peft")
+    root = tmp_path_factory.mktemp("peft")
+    proc = subprocess.run(
+        [PY, "-c", PEFT_BUILD, str(root)], env=env_for(None), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@slow
+def test_peft_adapter_loads_as_without_sandboxload(peft_models: Path, tmp_path: Path) -> None:
+    """``PeftModel.from_pretrained(base, adapter)``: the same logits as without sandboxload,
+    for the adapter saved as safetensors (safetensors route) and as ``adapter_model.bin``
+    (parsed in the sandbox); the adapter changes the output, so it was really applied."""
+    code = outcome(PEFT_CALL)
+    adapted = 'PeftModel.from_pretrained(base, arg["adapter"])'
+    base_only = outcome(PEFT_CALL.replace(adapted, "base"))
+    for adapter, weights, route in (
+        ("adapter_st", "adapter_model.safetensors", "safetensors"),
+        ("adapter_bin", "adapter_model.bin", "sandbox"),
+    ):
+        arg = {"base": str(peft_models / "base"), "adapter": str(peft_models / adapter)}
+        plain = run(code, arg)
+        audit = tmp_path / f"{adapter}.audit"
+        protected = run(code, arg, audit)
+        assert "ok" in plain, plain
+        assert protected == plain  # every logit, exactly
+        assert routes(audit) == {"model.safetensors": "safetensors", weights: route}
+    assert run(base_only, arg)["ok"] != plain["ok"]
+
+
+@slow
+def test_peft_payload_adapter_refused(peft_models: Path, tmp_path: Path, canary: Path) -> None:
+    """A payload ``adapter_model.bin``: peft reads it with ``torch.load(weights_only=True)``,
+    which stops it on this torch, so the live proof turns weights_only off (as torch < 2.6
+    did by default) and makes the same call: the canary appears. Under sandboxload the same
+    call (weights_only left as peft passes it, and also forced off) raises UnsafeGlobalError
+    out of ``PeftModel.from_pretrained``; nothing ran."""
+    from safetensors.torch import load_file
+
+    evil = tmp_path / "adapter_evil"
+    evil.mkdir()
+    (evil / "adapter_config.json").write_bytes(
+        (peft_models / "adapter_bin" / "adapter_config.json").read_bytes()
+    )
+    sd = load_file(str(peft_models / "adapter_st" / "adapter_model.safetensors"))
+    payload_checkpoint(evil / "adapter_model.bin", canary, sd)
+    arg = {"base": str(peft_models / "base"), "adapter": str(evil)}
+
+    live = run(outcome(PEFT_CALL, WEIGHTS_ONLY_OFF), arg)
+    assert canary.exists(), live  # the attack is live through PeftModel.from_pretrained
+    canary.unlink()
+
+    for prologue in ("", WEIGHTS_ONLY_OFF):
+        audit = tmp_path / f"evil{len(prologue)}.audit"
+        out = run(outcome(PEFT_CALL, prologue), arg, audit)
+        refused_with(out, "UnsafeGlobalError")
+        assert "adapter_model.bin" in out["text"]
+        assert not canary.exists()
+        assert routes(audit)["adapter_model.bin"] == "sandbox"
+
+
+# --- diffusers: weights -----------------------------------------------------------------------
+
+DIFFUSERS_BUILD = """
+import sys
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+root = sys.argv[1]
+torch.manual_seed(0)
+unet = UNet2DModel(
+    sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
+    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+)
+unet.save_pretrained(root + "/unet_st")
+unet.save_pretrained(root + "/unet_bin", safe_serialization=False)
+pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+pipe.save_pretrained(root + "/ddpm_st")
+pipe.save_pretrained(root + "/ddpm_bin", safe_serialization=False)
+"""
+UNET_OUT = """
+with torch.no_grad():
+    out = unet(torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8), 3).sample
+result = out.flatten().tolist()
+"""
+UNET_CALL = "import torch\nfrom diffusers import UNet2DModel\n"
+UNET_CALL += 'unet = UNet2DModel.from_pretrained(arg["path"])' + UNET_OUT
+PIPE_CALL = "import torch\nfrom diffusers import DiffusionPipeline\n"
+PIPE_CALL += 'unet = DiffusionPipeline.from_pretrained(arg["path"]).unet' + UNET_OUT
+
+
+@pytest.fixture(scope="module")
+def diffusers_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("diffusers")
+    root = tmp_path_factory.mktemp("diffusers")
+    proc = subprocess.run(
+        [PY, "-c", DIFFUSERS_BUILD, str(root)], env=env_for(None), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@slow
+def test_diffusers_weights_load_as_without_sandboxload(
+    diffusers_models: Path, tmp_path: Path
+) -> None:
+    """``UNet2DModel.from_pretrained(dir)`` and ``DiffusionPipeline.from_pretrained(dir)``,
+    weights saved with and without safetensors: the same outputs as without sandboxload, every
+    weight file through the route its format gets."""
+    outputs = []
+    for call, folder, weights in (
+        (UNET_CALL, "unet_st", "diffusion_pytorch_model.safetensors"),
+        (UNET_CALL, "unet_bin", "diffusion_pytorch_model.bin"),
+        (PIPE_CALL, "ddpm_st", "diffusion_pytorch_model.safetensors"),
+        (PIPE_CALL, "ddpm_bin", "diffusion_pytorch_model.bin"),
+    ):
+        arg = {"path": str(diffusers_models / folder)}
+        plain = run(outcome(call), arg)
+        audit = tmp_path / f"{folder}.audit"
+        protected = run(outcome(call), arg, audit)
+        assert "ok" in plain, plain
+        assert protected == plain, folder  # every output, exactly
+        route = "sandbox" if weights.endswith(".bin") else "safetensors"
+        assert routes(audit) == {weights: route}, folder
+        outputs.append(plain["ok"])
+    assert all(o == outputs[0] for o in outputs)  # one model, four ways of saving it
+
+
+@slow
+def test_diffusers_payload_weights_refused(
+    diffusers_models: Path, tmp_path: Path, canary: Path
+) -> None:
+    """A payload ``diffusion_pytorch_model.bin``, as a model folder and as a pipeline's unet:
+    live when weights_only is off (diffusers passes True, which stops it on this torch);
+    under sandboxload UnsafeGlobalError out of ``from_pretrained`` (not diffusers' generic
+    "Unable to load weights" OSError), nothing ran."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    sd = load_file(str(diffusers_models / "unet_st" / "diffusion_pytorch_model.safetensors"))
+    unet = shutil.copytree(diffusers_models / "unet_bin", tmp_path / "unet_evil")
+    pipe = shutil.copytree(diffusers_models / "ddpm_bin", tmp_path / "ddpm_evil")
+    for folder in (unet, pipe / "unet"):
+        payload_checkpoint(folder / "diffusion_pytorch_model.bin", canary, sd)
+
+    for call, folder in ((UNET_CALL, unet), (PIPE_CALL, pipe)):
+        arg = {"path": str(folder)}
+        live = run(outcome(call, WEIGHTS_ONLY_OFF), arg)
+        assert canary.exists(), live
+        canary.unlink()
+        for prologue in ("", WEIGHTS_ONLY_OFF):
+            audit = tmp_path / f"{folder.name}{len(prologue)}.audit"
+            out = run(outcome(call, prologue), arg, audit)
+            refused_with(out, "UnsafeGlobalError")
+            assert "diffusion_pytorch_model.bin" in out["text"]
+            assert not canary.exists()
+            assert routes(audit) == {"diffusion_pytorch_model.bin": "sandbox"}
