@@ -284,3 +284,238 @@ def test_diffusers_payload_weights_refused(
             assert "diffusion_pytorch_model.bin" in out["text"]
             assert not canary.exists()
             assert routes(audit) == {"diffusion_pytorch_model.bin": "sandbox"}
+
+
+# --- diffusers: remote code -------------------------------------------------------------------
+
+EVIL = """import this  # check_imports imports every module a file names, before its code runs
+import os
+import pathlib
+
+pathlib.Path(os.environ["EVIL_CANARY_DIR"], {case!r}).touch()
+"""
+PIPELINE_CLASS = """
+from diffusers import DiffusionPipeline
+
+
+class EvilPipeline(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+"""
+UNET_CLASS = """
+from diffusers import UNet2DModel
+
+
+class EvilUNet(UNet2DModel):
+    pass
+"""
+BLOCKS_CLASS = """
+from diffusers.modular_pipelines import ModularPipelineBlocks
+
+
+class EvilBlocks(ModularPipelineBlocks):
+    pass
+"""
+TRUSTED = ", trust_remote_code=True"
+# case -> (what the folder holds, the call, whether upstream runs the code). ``model`` is the
+# case's folder, ``code`` a folder beside it.
+REMOTE_CASES: dict[str, tuple[str, str, bool]] = {
+    "custom_pipeline-dir": (
+        "pipeline",
+        f"DiffusionPipeline.from_pretrained(model, custom_pipeline=code{TRUSTED})",
+        True,
+    ),
+    "custom_pipeline-file": (
+        "pipeline",
+        f"DiffusionPipeline.from_pretrained(model, custom_pipeline=code + '/evil.py'{TRUSTED})",
+        True,
+    ),
+    "custom_pipeline-name-in-folder": (
+        "pipeline",
+        f"DiffusionPipeline.from_pretrained(model, custom_pipeline='evil_named'{TRUSTED})",
+        True,
+    ),
+    "custom_pipeline-community": (  # fetched from the hub's community mirror: no network here
+        "pipeline",
+        "DiffusionPipeline.from_pretrained(model, custom_pipeline='lpw_stable_diffusion'"
+        f"{TRUSTED})",
+        False,
+    ),
+    "from_pipe-custom_pipeline": (
+        "pipeline",
+        "DiffusionPipeline.from_pipe(DiffusionPipeline.from_pretrained(model), "
+        f"custom_pipeline=code{TRUSTED})",
+        True,
+    ),
+    "model_index-pipeline-class": (
+        "index-class",
+        f"DiffusionPipeline.from_pretrained(model{TRUSTED})",
+        True,
+    ),
+    "model_index-component": (
+        "index-component",
+        f"DiffusionPipeline.from_pretrained(model{TRUSTED})",
+        True,
+    ),
+    "model_index-component-untrusted": (
+        "index-component",
+        "DiffusionPipeline.from_pretrained(model)",
+        False,  # upstream refuses it (ValueError): no code runs
+    ),
+    "auto_map-AutoModel": ("auto_map", f"AutoModel.from_pretrained(model{TRUSTED})", True),
+    "modular-blocks": ("modular", f"ModularPipelineBlocks.from_pretrained(model{TRUSTED})", True),
+    "modular-pipeline": ("modular", f"ModularPipeline.from_pretrained(model{TRUSTED})", True),
+}
+REMOTE_RUNNER = """
+import json, os, sys
+from diffusers import AutoModel, DiffusionPipeline, ModularPipeline, ModularPipelineBlocks
+jobs, out = json.loads(sys.argv[1]), sys.argv[2]
+results = {}
+for case, (model, code, call) in jobs.items():
+    try:
+        eval(call)
+        outcome = "loaded"
+    except Exception as exc:
+        outcome = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+    results[case] = {
+        "outcome": outcome,
+        "ran": os.path.exists(os.path.join(os.environ["EVIL_CANARY_DIR"], case)),
+        "this_imported": "this" in sys.modules,
+    }
+with open(out, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def remote_folder(ddpm: Path, unet: Path, root: Path, case: str, kind: str) -> tuple[Path, Path]:
+    """(model folder, code folder) of one case: the tiny DDPM pipeline (or UNet) plus code."""
+    import shutil
+
+    code = root / "code"
+    code.mkdir(parents=True)
+    (code / "pipeline.py").write_text(EVIL.format(case=case) + PIPELINE_CLASS)
+    (code / "evil.py").write_text(EVIL.format(case=case) + PIPELINE_CLASS)
+    model = root / "model"
+    if kind in ("auto_map", "modular"):
+        shutil.copytree(unet, model)
+    else:
+        shutil.copytree(ddpm, model)
+    index = model / "model_index.json"
+    if kind == "pipeline":
+        (model / "evil_named.py").write_text(EVIL.format(case=case) + PIPELINE_CLASS)
+    elif kind == "index-class":
+        (model / "evil_index.py").write_text(EVIL.format(case=case) + PIPELINE_CLASS)
+        doc = json.loads(index.read_text())
+        index.write_text(json.dumps({**doc, "_class_name": ["evil_index", "EvilPipeline"]}))
+    elif kind == "index-component":
+        (model / "unet" / "evil_unet.py").write_text(EVIL.format(case=case) + UNET_CLASS)
+        doc = json.loads(index.read_text())
+        index.write_text(json.dumps({**doc, "unet": ["evil_unet", "EvilUNet"]}))
+    elif kind == "auto_map":
+        (model / "evil_auto.py").write_text(EVIL.format(case=case) + UNET_CLASS)
+        config = model / "config.json"
+        doc = json.loads(config.read_text())
+        config.write_text(json.dumps({**doc, "auto_map": {"AutoModel": "evil_auto.EvilUNet"}}))
+    elif kind == "modular":
+        (model / "evil_blocks.py").write_text(EVIL.format(case=case) + BLOCKS_CLASS)
+        (model / "modular_config.json").write_text(
+            json.dumps(
+                {
+                    "_class_name": "EvilBlocks",
+                    "_diffusers_version": "0.42.1",
+                    "auto_map": {"ModularPipelineBlocks": "evil_blocks.EvilBlocks"},
+                }
+            )
+        )
+    return model, code
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()}
+
+
+def run_remote(models: Path, tmp: Path, *, upstream: bool = False, **env: str) -> dict[str, Any]:
+    """Build every case afresh under ``tmp``, run them all in one interpreter (with sandboxload
+    unless ``upstream``); also what the run wrote (``__written__``)."""
+    canaries, modules = tmp / "canaries", tmp / "hf_modules"
+    canaries.mkdir(parents=True)
+    jobs = {}
+    for case, (kind, call, _live) in REMOTE_CASES.items():
+        if case == "custom_pipeline-community" and (upstream or "SANDBOXLOAD_REMOTE_CODE" in env):
+            continue  # upstream asks PyPI and the hub for it: only run where it is refused
+        model, code = remote_folder(
+            models / "ddpm_st", models / "unet_st", tmp / "cases" / case, case, kind
+        )
+        jobs[case] = (str(model), str(code), call)
+    before = files_under(tmp)
+    out = tmp / "results.json"
+    full_env = env_for(
+        None if upstream else tmp / "audit",
+        EVIL_CANARY_DIR=str(canaries),
+        HF_MODULES_CACHE=str(modules),
+        **env,
+    )
+    proc = subprocess.run(
+        [PY, "-c", REMOTE_RUNNER, json.dumps(jobs), str(out)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results: dict[str, Any] = json.loads(out.read_text())
+    results["__written__"] = sorted(files_under(tmp) - before - {"results.json", "audit"})
+    return results
+
+
+@pytest.fixture(scope="module")
+def remote_upstream(diffusers_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return run_remote(diffusers_models, tmp_path_factory.mktemp("upstream"), upstream=True)
+
+
+@slow
+def test_diffusers_remote_code_runs_upstream(remote_upstream: dict[str, Any]) -> None:
+    """Without sandboxload each case (but the untrusted one, which diffusers itself refuses)
+    imports the folder's code: copied into the modules cache, ``check_imports`` run, the canary
+    created. The refusals below are what stops it."""
+    for case, (_kind, _call, live) in REMOTE_CASES.items():
+        if case in remote_upstream:
+            assert remote_upstream[case]["ran"] is live, (case, remote_upstream[case])
+    untrusted = remote_upstream["model_index-component-untrusted"]["outcome"]
+    assert untrusted.startswith("builtins.ValueError"), untrusted
+    assert any(w.startswith("hf_modules/") for w in remote_upstream["__written__"])
+
+
+@slow
+def test_diffusers_remote_code_refused(diffusers_models: Path, tmp_path: Path) -> None:
+    """With sandboxload every case -- custom_pipeline as a folder, a file, a name in the model
+    folder, a community name; from_pipe; a model_index.json pipeline class or component class
+    (trusted or not); AutoModel and modular blocks / pipelines with auto_map -- raises
+    RemoteCodeRefusedError (the transformers gate's error) out of the user's call, before any
+    file is copied or any module it names is imported: no canary, nothing written."""
+    results = run_remote(diffusers_models, tmp_path)
+    for case in REMOTE_CASES:
+        r = results[case]
+        assert r["outcome"].startswith("sandboxload.errors.RemoteCodeRefusedError"), (case, r)
+        assert "SANDBOXLOAD_REMOTE_CODE=allow" in r["outcome"], (case, r)
+        assert not r["ran"], (case, r)
+        assert not r["this_imported"], (case, r)  # check_imports never ran
+    assert (
+        str(tmp_path / "cases" / "model_index-component" / "model" / "unet")
+        in (results["model_index-component"]["outcome"])
+    )
+    assert results["__written__"] == [], results["__written__"]
+
+
+@slow
+def test_diffusers_remote_code_allowed_is_upstream(
+    diffusers_models: Path, remote_upstream: dict[str, Any], tmp_path: Path
+) -> None:
+    """Under the operator's ``SANDBOXLOAD_REMOTE_CODE=allow`` every case is upstream's own."""
+    results = run_remote(diffusers_models, tmp_path, SANDBOXLOAD_REMOTE_CODE="allow")
+    for case in remote_upstream:
+        if case in REMOTE_CASES:
+            assert results[case]["ran"] == remote_upstream[case]["ran"], case
+            kind = results[case]["outcome"].split(":")[0]
+            assert kind == remote_upstream[case]["outcome"].split(":")[0], case
