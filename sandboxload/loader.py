@@ -34,6 +34,10 @@ _admitted: ContextVar[object] = ContextVar("sandboxload_admitted", default=None)
 # (torch.distributed.checkpoint's BytesIO slices of a .distcp file): named in errors and
 # the audit line, never used for pinning (the pin is the whole file's, not a slice's).
 reading_from: ContextVar[str | None] = ContextVar("sandboxload_reading_from", default=None)
+# Set, to that file's path, while a library reads records from a snapshot of a whole file
+# that was checked against the manifest: bytes of no file of their own read meanwhile are
+# those records, already pinned as part of it.
+reading_pinned: ContextVar[str | None] = ContextVar("sandboxload_reading_pinned", default=None)
 
 
 @dataclass
@@ -137,6 +141,8 @@ def decide(src: Source, pol: policy.Policy, api: str, asked: str, audit: bool = 
 
 def pin(a: Admitted) -> None:
     """Hash pinning, from the descriptor (or bytes) that will be loaded."""
+    if a.src.origin is None and a.src.data is not None and reading_pinned.get() is not None:
+        return  # a record of a file pinned (and snapshotted) as a whole
     try:
         src = a.src
         a.log.sha256 = pinning.check(src.origin, src.fd, src.data, a.pol.manifest, src.name)

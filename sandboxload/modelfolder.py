@@ -219,8 +219,16 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npy
 _DCP_METADATA = re.compile(r"(__[0-9]+)?\.metadata")
 
 
+DCP_DATA_SUFFIX = ".distcp"  # its data files: torch.save records at the offsets it names
+
+
 def is_dcp_metadata(path: str) -> bool:
     return _DCP_METADATA.fullmatch(os.path.basename(path)) is not None
+
+
+def is_dcp_file(path: str) -> bool:
+    """A file of a torch.distributed.checkpoint: what pin and scan take as weights."""
+    return path.endswith(DCP_DATA_SUFFIX) or is_dcp_metadata(path)
 
 
 def weight_files(paths: Iterable[str]) -> list[str]:
@@ -232,7 +240,7 @@ def weight_files(paths: Iterable[str]) -> list[str]:
                 out += [
                     os.path.join(root, f)
                     for f in files
-                    if f.endswith(WEIGHT_SUFFIXES) or is_dcp_metadata(f)
+                    if f.endswith(WEIGHT_SUFFIXES) or is_dcp_file(f)
                 ]
         else:
             out.append(p)

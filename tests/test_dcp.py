@@ -210,13 +210,7 @@ def test_a_byte_record_payload_is_refused(tmp_path: Path, sandboxed: None) -> No
     there, with honest metadata pointing at it."""
     ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
     canary = tmp_path / "CANARY"
-    evil = torch_zip(payload("os.system", canary))
-    data = (ck / "__0_0.distcp").read_bytes()
-    (ck / "__0_0.distcp").write_bytes(data + evil)
-    meta = plain_metadata(ck)
-    (key,) = [k for k in meta.storage_data if k.fqn == "step"]
-    meta.storage_data[key] = _StorageInfo("__0_0.distcp", len(data), len(evil))
-    write_metadata(ck, meta)
+    byte_record_payload(ck, canary)
     load_each_without_sandboxload([ck])
     assert canary.exists()
     canary.unlink()
@@ -320,20 +314,79 @@ def test_pickle_policies_apply(tmp_path: Path) -> None:
     assert (entry["route"], entry["decision"]) == ("in-process-pickle", "allowed")
 
 
-def test_scan_checks_the_metadata_as_dcp_reads_it(tmp_path: Path) -> None:
-    """The gate judges ``.metadata`` (and a rank's ``__N.metadata``) as dcp would load it:
-    an honest one passes, a payload is refused (the data files are a known gap: see
-    docs/coverage.md)."""
+def byte_record_payload(ck: Path, canary: Path) -> None:
+    """Honest metadata pointing a non-tensor value at a payload record appended to the data
+    file (dcp reads such values with ``torch.load(..., weights_only=False)``)."""
+    evil = torch_zip(payload("os.system", canary))
+    data = (ck / "__0_0.distcp").read_bytes()
+    (ck / "__0_0.distcp").write_bytes(data + evil)
+    meta = plain_metadata(ck)
+    (key,) = [k for k in meta.storage_data if k.fqn == "step"]
+    meta.storage_data[key] = _StorageInfo("__0_0.distcp", len(data), len(evil))
+    write_metadata(ck, meta)
+
+
+def scan_rows(*paths: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    proc = run_cli("scan", "--json", *map(str, paths))
+    return proc.returncode, {r["file"]: r for r in map(json.loads, proc.stdout.splitlines())}
+
+
+def test_scan_checks_a_checkpoint_as_dcp_reads_it(tmp_path: Path) -> None:
+    """The gate judges ``.metadata`` (and a rank's ``__N.metadata``) as dcp loads it, and a
+    ``.distcp`` data file record by record, at the offsets the metadata names: an honest
+    checkpoint passes, a payload in either is refused."""
+    ck = save(tmp_path / "ck")
+    code, rows = scan_rows(ck)
+    assert code == 0, rows
+    assert {(Path(f).name, r["verdict"]) for f, r in rows.items()} == {
+        (".metadata", "ok"),
+        ("__0_0.distcp", "ok"),
+    }
+    leaves = [*state().values(), *state()["nested"].values()]
+    tensors = sum(isinstance(v, torch.Tensor) for v in leaves)
+    values = sum(not isinstance(v, (torch.Tensor, dict)) for v in leaves)
+    detail = rows[str(ck / "__0_0.distcp")]["detail"]
+    assert f"{tensors + values} records" in detail and f"{tensors} storages" in detail
+    canary = tmp_path / "CANARY"
+    (ck / "__3.metadata").write_bytes(payload("os.system", canary))
+    code, rows = scan_rows(ck)
+    assert code == 1
+    assert rows[str(ck / "__3.metadata")]["verdict"] == "refused"
+    assert "UnsafeGlobalError" in rows[str(ck / "__3.metadata")]["detail"]
+    evil = save(tmp_path / "evil", {"w": torch.ones(3, 4), "step": 1})
+    byte_record_payload(evil, canary)
+    code, rows = scan_rows(evil)
+    assert code == 1
+    row = rows[str(evil / "__0_0.distcp")]
+    assert row["verdict"] == "refused" and "UnsafeGlobalError" in row["detail"], row
+    assert rows[str(evil / ".metadata")]["verdict"] == "ok"  # the metadata itself is honest
+    assert not canary.exists()
+
+
+def test_a_pinned_checkpoint_loads_and_a_changed_byte_is_refused(tmp_path: Path) -> None:
+    """Under a manifest, the metadata is pinned as a file and each data file as a whole
+    (dcp hands its records over as in-memory slices), then read from a sealed copy."""
     ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
-    (ck / "__0_0.distcp").unlink()
-    honest = run_cli("scan", "--json", str(ck))
-    rows = [json.loads(x) for x in honest.stdout.splitlines()]
-    assert honest.returncode == 0, honest.stdout + honest.stderr
-    assert [(r["file"], r["verdict"]) for r in rows] == [(str(ck / ".metadata"), "ok")]
-    (ck / "__3.metadata").write_bytes(payload("os.system", tmp_path / "CANARY"))
-    evil = run_cli("scan", "--json", str(ck))
-    rows = [json.loads(x) for x in evil.stdout.splitlines()]
-    assert evil.returncode == 1
-    bad = [r for r in rows if r["file"] == str(ck / "__3.metadata")]
-    assert bad and bad[0]["verdict"] == "refused" and "UnsafeGlobalError" in bad[0]["detail"]
-    assert not (tmp_path / "CANARY").exists()
+    manifest = tmp_path / "SHA256SUMS"
+    pinned = run_cli("pin", "--manifest", str(manifest), str(ck))
+    assert pinned.returncode == 0, pinned.stderr
+    assert {Path(x.split()[1]).name for x in manifest.read_text().splitlines()} == {
+        ".metadata",
+        "__0_0.distcp",
+    }
+    code = (
+        "import warnings; warnings.simplefilter('ignore'); import sandboxload; "
+        "sandboxload.activate(); import torch, torch.distributed.checkpoint as dcp; "
+        "sd = {'w': torch.zeros(3, 4), 'step': None}; "
+        f"dcp.load(sd, checkpoint_id={str(ck)!r}); print(int(sd['w'].sum()), sd['step'])"
+    )
+    env = clean_env(SANDBOXLOAD_MANIFEST=str(manifest))
+    ok = run_py(code, env=env)
+    assert ok.returncode == 0 and ok.stdout.split() == ["12", "1"], ok.stderr[-2000:]
+    data = bytearray((ck / "__0_0.distcp").read_bytes())
+    data[-1] ^= 1  # a byte of the last record
+    (ck / "__0_0.distcp").write_bytes(bytes(data))
+    changed = run_py(code, env=env)
+    assert changed.returncode != 0
+    assert "HashMismatchError" in changed.stderr and "__0_0.distcp" in changed.stderr
+    assert "CheckpointException" not in changed.stderr.strip().splitlines()[-1]

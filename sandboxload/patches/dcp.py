@@ -22,10 +22,12 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import IO, Any
 
-from .. import loader
+from .. import loader, pinning, policy
 from ..errors import SandboxLoadError
 from ..fileid import open_regular
+from ..modelfolder import is_dcp_metadata
 from ..refusals import refuse
+from ..sandbox import memfds
 from ._common import entry_point, wrap, wrap_method
 
 API = "torch.distributed.checkpoint"
@@ -61,18 +63,40 @@ def _opened_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             return
         # torch opens with a plain open(), before any gate: a FIFO named .metadata (or a
         # data file) would block it for ever. Regular files only, never blocking.
+        name = os.fspath(path)
         try:
-            fd = open_regular(os.fspath(path))
+            fd = open_regular(name)
+            pinned = None if is_dcp_metadata(name) else _pinned_snapshot(fd, name)
         except SandboxLoadError as exc:
             refuse(exc)
-        token = loader.reading_from.set(os.fspath(path))  # names the records read from it
+        if pinned is not None:
+            os.close(fd)
+            fd = pinned
+        named = loader.reading_from.set(name)  # names the records read from it
+        whole = loader.reading_pinned.set(name if pinned is not None else None)
         try:
             with os.fdopen(fd, "rb") as stream:
                 yield stream
         finally:
-            loader.reading_from.reset(token)
+            loader.reading_pinned.reset(whole)
+            loader.reading_from.reset(named)
 
     return create_stream
+
+
+def _pinned_snapshot(fd: int, name: str) -> int | None:
+    """Under a manifest, a data file is pinned as a whole (its records are read as bytes of
+    no file of their own): checked, then read from a sealed copy of exactly those bytes."""
+    manifest = policy.current().manifest
+    if manifest is None:
+        return None
+    try:
+        digest = pinning.check(name, fd, None, manifest, name)
+        assert digest is not None
+        return memfds.pinned_snapshot(fd, os.fstat(fd).st_size, name, digest)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def patch_filesystem(module: ModuleType) -> None:

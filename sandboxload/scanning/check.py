@@ -29,10 +29,10 @@ from .. import formats, loader, modelfolder, pinning, policy, remotecode, routes
 from ..conversion.content import pickle_in
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
-from ..modelfolder import is_dcp_metadata, link_outside, opened_as
+from ..modelfolder import DCP_DATA_SUFFIX, is_dcp_metadata, link_outside, opened_as
 from ..sandbox.protocol import READ_DCP
 from ..wording import count
-from . import units
+from . import distcp, units
 from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, INDEX, OTHER, UNLISTED, Unit
 
 OK, REFUSED, UNSAFE, ERROR = "ok", "refused", "unsafe", "error"
@@ -184,10 +184,31 @@ def _other(path: str, pol: policy.Policy, root: str) -> list[Row]:
     return [row]
 
 
+def _distcp(path: str, pol: policy.Policy, root: str) -> Row:
+    """A dcp data file: every record its folder's .metadata names, as dcp.load reads it."""
+    try:
+        if root:
+            fd = open_regular(path)
+            try:
+                why = link_outside(root, path, opened_as(fd))
+            finally:
+                os.close(fd)
+            if why is not None:
+                return Row(path, REFUSED, why, LOADING_REDIRECT)
+        detail = distcp.check(path, pol)
+    except SandboxLoadError as exc:
+        return Row(path, REFUSED, f"{type(exc).__name__}: {exc}", WEIGHTS_REFUSED, "dcp-data")
+    except OSError as exc:
+        return Row(path, ERROR, exc.strerror or str(exc), UNREADABLE)
+    return Row(path, OK, detail, WEIGHTS_OK, "dcp-data", routes.SANDBOX)
+
+
 def classify(path: str, pol: policy.Policy | None = None, root: str = "") -> Row:
     """One weight file: inside ``root`` (if given), the loader's decision, its pins, then
     its route's check."""
     pol = pol or policy.current()
+    if path.endswith(DCP_DATA_SUFFIX):
+        return _distcp(path, pol, root)
     fmt, route, rule = "-", routes.REFUSED, WEIGHTS_REFUSED
     try:
         with loader.open_source(path) as src:

@@ -55,7 +55,7 @@ class Unit:
 
 
 def kind_of(name: str) -> str:
-    if name.endswith(WEIGHT_SUFFIXES) or modelfolder.is_dcp_metadata(name):
+    if name.endswith(WEIGHT_SUFFIXES) or modelfolder.is_dcp_file(name):
         return WEIGHTS
     if name.endswith(INDEX_SUFFIX):
         return INDEX
