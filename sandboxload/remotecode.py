@@ -1,7 +1,8 @@
 """What in a model folder is code the model ships: the one statement of the rule.
 
 The runtime gates (:mod:`sandboxload.patches.transformers_remote`,
-:mod:`sandboxload.patches.sentence_transformers`) refuse these when a library reaches them;
+:mod:`sandboxload.patches.sentence_transformers`, and :mod:`sandboxload.patches.diffusers`,
+for which every dynamic module is a ``*.py`` file below) refuse these when a library reaches them;
 ``sandboxload scan`` reports them from the files alone, before anything loads:
 
 - ``auto_map`` (and ``custom_pipelines``) in any config JSON: transformers maps a class to a

@@ -51,9 +51,15 @@ def run(code: str, arg: Any, audit: Path | None = None, **extra: str) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def routes(audit: Path) -> dict[str, str]:
-    """{file name: route} of every load the audit log recorded."""
-    return {Path(e["file"]).name: e["route"] for e in audited(audit)}
+def routes(audit: Path, root: Path | None = None) -> dict[str, str]:
+    """{file name (or path under ``root``): route} of every load the audit log recorded; a
+    refusal as ``refused (route)``."""
+    return {
+        str(Path(e["file"]).relative_to(root)) if root else Path(e["file"]).name: (
+            e["route"] if e["decision"] == "loaded" else f"refused ({e['route']})"
+        )
+        for e in audited(audit)
+    }
 
 
 def payload_checkpoint(path: Path, canary: Path, sd: dict[str, torch.Tensor]) -> Path:
@@ -73,22 +79,31 @@ def _forced(*args, **kwargs):
     return _load(*args, **kwargs)
 torch.load = _forced
 """
-# The outcome of ``CALL`` (which sets ``result``) as JSON: outputs, or the error's type and text.
-OUTCOME = """
+# Several calls in one interpreter (each imports diffusers or transformers once, not per call).
+OUTCOMES = """
 import json, sys
-arg = json.loads(sys.argv[1])
-try:
-{call}
-    out = {{"ok": result}}
-except Exception as exc:
-    out = {{"error": type(exc).__name__, "module": type(exc).__module__, "text": str(exc)}}
-print(json.dumps(out))
+outs = []
+for call, arg in json.loads(sys.argv[1]):
+    scope = {"arg": arg}
+    try:
+        exec(call, scope)
+        outs.append({"ok": scope["result"]})
+    except Exception as exc:
+        outs.append({"error": type(exc).__name__, "module": type(exc).__module__, "text": str(exc)})
+print(json.dumps(outs))
 """
 
 
-def outcome(call: str, prologue: str = "") -> str:
-    body = "\n".join("    " + line for line in call.strip().splitlines())
-    return prologue + OUTCOME.format(call=body)
+def outcomes(
+    jobs: list[tuple[str, dict[str, Any]]],
+    audit: Path | None = None,
+    prologue: str = "",
+    **extra: str,
+) -> list[dict[str, Any]]:
+    """The outcome of each ``(call, arg)`` (``call`` sets ``result`` from ``arg``), in one
+    fresh interpreter: ``{"ok": result}`` or the error's type, module and text."""
+    result: list[dict[str, Any]] = run(prologue + OUTCOMES, jobs, audit, **extra)
+    return result
 
 
 def refused_with(out: dict[str, Any], error: str) -> None:
@@ -111,6 +126,7 @@ model = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], init_lor
 model.save_pretrained(root + "/adapter_st")
 model.save_pretrained(root + "/adapter_bin", safe_serialization=False)
 """
+ADAPTERS = ("adapter_st", "adapter_bin")  # adapter_model.safetensors, adapter_model.bin
 PEFT_CALL = """
 import torch
 from transformers import AutoModelForCausalLM
@@ -139,21 +155,20 @@ def test_peft_adapter_loads_as_without_sandboxload(peft_models: Path, tmp_path: 
     """``PeftModel.from_pretrained(base, adapter)``: the same logits as without sandboxload,
     for the adapter saved as safetensors (safetensors route) and as ``adapter_model.bin``
     (parsed in the sandbox); the adapter changes the output, so it was really applied."""
-    code = outcome(PEFT_CALL)
+    base = str(peft_models / "base")
+    jobs = [(PEFT_CALL, {"base": base, "adapter": str(peft_models / a)}) for a in ADAPTERS]
     adapted = 'PeftModel.from_pretrained(base, arg["adapter"])'
-    base_only = outcome(PEFT_CALL.replace(adapted, "base"))
-    for adapter, weights, route in (
-        ("adapter_st", "adapter_model.safetensors", "safetensors"),
-        ("adapter_bin", "adapter_model.bin", "sandbox"),
-    ):
-        arg = {"base": str(peft_models / "base"), "adapter": str(peft_models / adapter)}
-        plain = run(code, arg)
-        audit = tmp_path / f"{adapter}.audit"
-        protected = run(code, arg, audit)
-        assert "ok" in plain, plain
-        assert protected == plain  # every logit, exactly
-        assert routes(audit) == {"model.safetensors": "safetensors", weights: route}
-    assert run(base_only, arg)["ok"] != plain["ok"]
+    plain = outcomes([*jobs, (PEFT_CALL.replace(adapted, "base"), jobs[0][1])])
+    audit = tmp_path / "audit"
+    protected = outcomes(jobs, audit)
+    assert all("ok" in out for out in plain), plain
+    assert protected == plain[:2]  # every logit, exactly
+    assert plain[0] == plain[1] != plain[2]
+    assert routes(audit, peft_models) == {
+        "base/model.safetensors": "safetensors",
+        "adapter_st/adapter_model.safetensors": "safetensors",
+        "adapter_bin/adapter_model.bin": "sandbox",
+    }
 
 
 @slow
@@ -174,17 +189,17 @@ def test_peft_payload_adapter_refused(peft_models: Path, tmp_path: Path, canary:
     payload_checkpoint(evil / "adapter_model.bin", canary, sd)
     arg = {"base": str(peft_models / "base"), "adapter": str(evil)}
 
-    live = run(outcome(PEFT_CALL, WEIGHTS_ONLY_OFF), arg)
+    live = outcomes([(PEFT_CALL, arg)], prologue=WEIGHTS_ONLY_OFF)
     assert canary.exists(), live  # the attack is live through PeftModel.from_pretrained
     canary.unlink()
 
     for prologue in ("", WEIGHTS_ONLY_OFF):
         audit = tmp_path / f"evil{len(prologue)}.audit"
-        out = run(outcome(PEFT_CALL, prologue), arg, audit)
+        (out,) = outcomes([(PEFT_CALL, arg)], audit, prologue)
         refused_with(out, "UnsafeGlobalError")
         assert "adapter_model.bin" in out["text"]
         assert not canary.exists()
-        assert routes(audit)["adapter_model.bin"] == "sandbox"
+        assert routes(audit)["adapter_model.bin"] == "refused (sandbox)"
 
 
 # --- diffusers: weights -----------------------------------------------------------------------
@@ -235,33 +250,35 @@ def test_diffusers_weights_load_as_without_sandboxload(
     """``UNet2DModel.from_pretrained(dir)`` and ``DiffusionPipeline.from_pretrained(dir)``,
     weights saved with and without safetensors: the same outputs as without sandboxload, every
     weight file through the route its format gets."""
-    outputs = []
-    for call, folder, weights in (
-        (UNET_CALL, "unet_st", "diffusion_pytorch_model.safetensors"),
-        (UNET_CALL, "unet_bin", "diffusion_pytorch_model.bin"),
-        (PIPE_CALL, "ddpm_st", "diffusion_pytorch_model.safetensors"),
-        (PIPE_CALL, "ddpm_bin", "diffusion_pytorch_model.bin"),
-    ):
-        arg = {"path": str(diffusers_models / folder)}
-        plain = run(outcome(call), arg)
-        audit = tmp_path / f"{folder}.audit"
-        protected = run(outcome(call), arg, audit)
-        assert "ok" in plain, plain
-        assert protected == plain, folder  # every output, exactly
-        route = "sandbox" if weights.endswith(".bin") else "safetensors"
-        assert routes(audit) == {weights: route}, folder
-        outputs.append(plain["ok"])
-    assert all(o == outputs[0] for o in outputs)  # one model, four ways of saving it
+    folders = {
+        "unet_st": UNET_CALL,
+        "unet_bin": UNET_CALL,
+        "ddpm_st": PIPE_CALL,
+        "ddpm_bin": PIPE_CALL,
+    }
+    jobs = [(call, {"path": str(diffusers_models / f)}) for f, call in folders.items()]
+    plain = outcomes(jobs)
+    audit = tmp_path / "audit"
+    protected = outcomes(jobs, audit)
+    assert all("ok" in out for out in plain), plain
+    assert protected == plain  # every output, exactly
+    assert all(out == plain[0] for out in plain)  # one model, four ways of saving it
+    st, pt = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"
+    assert routes(audit, diffusers_models) == {
+        f"unet_st/{st}": "safetensors",
+        f"unet_bin/{pt}": "sandbox",
+        f"ddpm_st/unet/{st}": "safetensors",
+        f"ddpm_bin/unet/{pt}": "sandbox",
+    }
 
 
 @slow
-def test_diffusers_payload_weights_refused(
-    diffusers_models: Path, tmp_path: Path, canary: Path
-) -> None:
+def test_diffusers_payload_weights_refused(diffusers_models: Path, tmp_path: Path) -> None:
     """A payload ``diffusion_pytorch_model.bin``, as a model folder and as a pipeline's unet:
     live when weights_only is off (diffusers passes True, which stops it on this torch);
     under sandboxload UnsafeGlobalError out of ``from_pretrained`` (not diffusers' generic
-    "Unable to load weights" OSError), nothing ran."""
+    "Unable to load weights" OSError), with weights_only as diffusers passes it and forced
+    off; nothing ran."""
     import shutil
 
     from safetensors.torch import load_file
@@ -269,21 +286,25 @@ def test_diffusers_payload_weights_refused(
     sd = load_file(str(diffusers_models / "unet_st" / "diffusion_pytorch_model.safetensors"))
     unet = shutil.copytree(diffusers_models / "unet_bin", tmp_path / "unet_evil")
     pipe = shutil.copytree(diffusers_models / "ddpm_bin", tmp_path / "ddpm_evil")
-    for folder in (unet, pipe / "unet"):
+    canaries = [tmp_path / "CANARY-unet", tmp_path / "CANARY-pipeline"]
+    for folder, canary in zip((unet, pipe / "unet"), canaries, strict=True):
         payload_checkpoint(folder / "diffusion_pytorch_model.bin", canary, sd)
+    jobs = [(UNET_CALL, {"path": str(unet)}), (PIPE_CALL, {"path": str(pipe)})]
 
-    for call, folder in ((UNET_CALL, unet), (PIPE_CALL, pipe)):
-        arg = {"path": str(folder)}
-        live = run(outcome(call, WEIGHTS_ONLY_OFF), arg)
-        assert canary.exists(), live
-        canary.unlink()
-        for prologue in ("", WEIGHTS_ONLY_OFF):
-            audit = tmp_path / f"{folder.name}{len(prologue)}.audit"
-            out = run(outcome(call, prologue), arg, audit)
+    live = outcomes(jobs, prologue=WEIGHTS_ONLY_OFF)
+    assert all(c.exists() for c in canaries), live  # live through both calls
+    for c in canaries:
+        c.unlink()
+    for prologue in ("", WEIGHTS_ONLY_OFF):
+        audit = tmp_path / f"{len(prologue)}.audit"
+        for out in outcomes(jobs, audit, prologue):
             refused_with(out, "UnsafeGlobalError")
             assert "diffusion_pytorch_model.bin" in out["text"]
-            assert not canary.exists()
-            assert routes(audit) == {"diffusion_pytorch_model.bin": "sandbox"}
+        assert not any(c.exists() for c in canaries)
+        assert routes(audit, tmp_path) == {
+            "unet_evil/diffusion_pytorch_model.bin": "refused (sandbox)",
+            "ddpm_evil/unet/diffusion_pytorch_model.bin": "refused (sandbox)",
+        }
 
 
 # --- diffusers: remote code -------------------------------------------------------------------
@@ -519,3 +540,81 @@ def test_diffusers_remote_code_allowed_is_upstream(
             assert results[case]["ran"] == remote_upstream[case]["ran"], case
             kind = results[case]["outcome"].split(":")[0]
             assert kind == remote_upstream[case]["outcome"].split(":")[0], case
+
+
+# --- torch.hub --------------------------------------------------------------------------------
+
+HUB_URL = "https://weights.example.invalid/releases/{name}"  # never fetched: it is cached
+HUB_CALL = """
+import torch.hub
+if arg.get("model_dir"):
+    sd = torch.hub.load_state_dict_from_url(
+        arg["url"], model_dir=arg["model_dir"], check_hash=False, progress=False
+    )
+else:  # $TORCH_HOME/hub/checkpoints
+    sd = torch.hub.load_state_dict_from_url(arg["url"], check_hash=False, progress=False)
+result = {k: v.tolist() for k, v in sd.items()}
+"""
+
+
+def hub_cache(root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A torch hub checkpoint cache holding ``ckpt.pt`` (torch.save) and ``legacy.zip`` (a zip
+    of one legacy-format checkpoint, which the hub extracts before loading), as a download
+    would have left them; also $TORCH_HOME's cache, ``root/home/hub/checkpoints``."""
+    import zipfile
+
+    sd = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(3)}
+    cache = root / "cache"
+    cache.mkdir()
+    torch.save(sd, cache / "ckpt.pt")
+    torch.save(sd, root / "inner.pt", _use_new_zipfile_serialization=False)
+    with zipfile.ZipFile(cache / "legacy.zip", "w") as z:
+        z.write(root / "inner.pt", "inner.pt")
+    home = root / "home" / "hub" / "checkpoints"
+    home.mkdir(parents=True)
+    torch.save(sd, home / "ckpt.pt")
+    return cache, sd
+
+
+def test_hub_cached_checkpoint_loads_through_the_sandbox(tmp_path: Path) -> None:
+    """``torch.hub.load_state_dict_from_url`` of a file already in its cache (``model_dir``, a
+    legacy zip it extracts first, ``$TORCH_HOME``): nothing downloaded (the URL's host does
+    not exist), the same tensors as without sandboxload, parsed in the sandbox."""
+    cache, sd = hub_cache(tmp_path)
+    expected = {k: v.tolist() for k, v in sd.items()}
+    jobs = [
+        (HUB_CALL, {"url": HUB_URL.format(name=name), "model_dir": model_dir})
+        for name, model_dir in (
+            ("ckpt.pt", str(cache)),
+            ("legacy.zip", str(cache)),
+            ("ckpt.pt", None),
+        )
+    ]
+    home = str(tmp_path / "home")
+    plain = outcomes(jobs, TORCH_HOME=home)
+    audit = tmp_path / "audit"
+    protected = outcomes(jobs, audit, TORCH_HOME=home)
+    assert plain == protected == [{"ok": expected}] * 3
+    assert routes(audit, tmp_path) == {
+        "cache/ckpt.pt": "sandbox",
+        "cache/inner.pt": "sandbox",  # extracted from legacy.zip by torch.hub, then loaded
+        "home/hub/checkpoints/ckpt.pt": "sandbox",
+    }
+
+
+def test_hub_cached_payload_refused(tmp_path: Path, canary: Path) -> None:
+    """A payload in the hub's cache: ``load_state_dict_from_url`` loads with
+    ``weights_only=False`` by default, so the attack is live through the call itself; with
+    sandboxload it raises UnsafeGlobalError, nothing ran."""
+    cache, sd = hub_cache(tmp_path)
+    payload_checkpoint(cache / "evil.pt", canary, sd)
+    arg = {"url": HUB_URL.format(name="evil.pt"), "model_dir": str(cache)}
+    live = outcomes([(HUB_CALL, arg)])
+    assert canary.exists(), live
+    canary.unlink()
+    audit = tmp_path / "evil.audit"
+    (out,) = outcomes([(HUB_CALL, arg)], audit)
+    refused_with(out, "UnsafeGlobalError")
+    assert "evil.pt" in out["text"] and "posix.system" in out["text"]
+    assert not canary.exists()
+    assert routes(audit) == {"evil.pt": "refused (sandbox)"}
