@@ -13,6 +13,7 @@ elsewhere. timm and open_clip need torchvision, which has no CPU build here: not
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -25,16 +26,17 @@ from .helpers import PY, Payload, audited, clean_env, run_cli
 
 slow = pytest.mark.slow  # several fresh interpreters importing transformers / diffusers each
 
-SITE_DIR: list[str] = []
+
+@functools.cache
+def site_dir() -> str:
+    return run_cli("--site-dir").stdout.strip()
 
 
 def env_for(audit: Path | None, **extra: str) -> dict[str, str]:
     """No downloads; with sandboxload (env flag, site dir, audit log) when ``audit`` is given."""
     env = clean_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
     if audit is not None:
-        if not SITE_DIR:
-            SITE_DIR.append(run_cli("--site-dir").stdout.strip())
-        env.update(SANDBOXLOAD="1", PYTHONPATH=SITE_DIR[0], SANDBOXLOAD_AUDIT_LOG=str(audit))
+        env.update(SANDBOXLOAD="1", PYTHONPATH=site_dir(), SANDBOXLOAD_AUDIT_LOG=str(audit))
     return env
 
 
