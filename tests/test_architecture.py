@@ -54,6 +54,7 @@ LAYERS = [
         "sandboxload.origins",
         "sandboxload.audit",
         "sandboxload.modelfolder",
+        "sandboxload.dcpfolder",
         "sandboxload.numpyobjects",
         "sandboxload.remotecode",
         "sandboxload.safetensors_header",

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -219,14 +220,26 @@ def test_a_byte_record_payload_is_refused(tmp_path: Path, sandboxed: None) -> No
     assert not canary.exists()
 
 
-def test_a_data_file_outside_the_checkpoint_is_refused(tmp_path: Path, sandboxed: None) -> None:
-    """``_StorageInfo.relative_path`` is joined to the folder by dcp: ``../`` reads another
-    checkpoint's (or any file's) bytes into the caller's tensors."""
+@pytest.mark.parametrize("how", ["../ in its name", "a linked file", "a linked directory"])
+def test_a_data_file_outside_the_checkpoint_is_refused(
+    tmp_path: Path, sandboxed: None, how: str
+) -> None:
+    """``_StorageInfo.relative_path`` is joined to the folder by dcp and opened as it is:
+    ``../``, or a link in the folder, reads another checkpoint's (or any file's) bytes into
+    the caller's tensors."""
     ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
     other = save(tmp_path / "other", {"w": torch.full((3, 4), 42.0), "step": 2})
+    if how == "../ in its name":
+        name = "../other/__0_0.distcp"
+    elif how == "a linked file":
+        name = "__1_0.distcp"
+        (ck / name).symlink_to(other / "__0_0.distcp")
+    else:
+        name = "shards/__0_0.distcp"
+        (ck / "shards").symlink_to(other, target_is_directory=True)
     meta = plain_metadata(ck)
     for key, info in list(meta.storage_data.items()):  # same layout: same offsets there
-        meta.storage_data[key] = _StorageInfo("../other/__0_0.distcp", info.offset, info.length)
+        meta.storage_data[key] = _StorageInfo(name, info.offset, info.length)
     write_metadata(ck, meta)
     code = (
         "import warnings; warnings.simplefilter('ignore'); import torch, "
@@ -235,31 +248,114 @@ def test_a_data_file_outside_the_checkpoint_is_refused(tmp_path: Path, sandboxed
     )
     proc = run_py(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "42", proc.stderr[-2000:]
-    with pytest.raises(CorruptCheckpointError, match="leaves the checkpoint folder"):
+    with pytest.raises(CorruptCheckpointError, match=r"(leaves|leads outside) the checkpoint"):
         load(ck, small=True)
-    assert (other / "__0_0.distcp").exists()
+    with pytest.raises(CorruptCheckpointError, match=r"(leaves|leads outside) the checkpoint"):
+        FileSystemReader(str(ck)).read_metadata()
 
 
-@pytest.mark.parametrize(
-    "change",
-    ["a list for the tensor table", "an unknown field", "a chunk outside its tensor"],
-)
+def test_loading_selected_keys_does_not_swallow_a_refusal(tmp_path: Path, sandboxed: None) -> None:
+    """``_load_state_dict_from_keys`` logs what ``read_metadata`` raises and tries the rank's
+    ``__0.metadata``: with a payload as ``.metadata`` and data of the attacker's there, the
+    load went on with that data."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    (ck / "__0.metadata").write_bytes((ck / ".metadata").read_bytes())
+    canary = tmp_path / "CANARY"
+    (ck / ".metadata").write_bytes(payload("os.system", canary))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UnsafeGlobalError, match=r"ck/\.metadata"):
+            _load_state_dict_from_keys(checkpoint_id=str(ck))
+    assert not canary.exists()
+
+
+Chunk, Size = metadata.ChunkStorageMetadata, torch.Size
+
+
+def _set_info(meta: Any, fqn: str, **change: Any) -> None:
+    (key,) = [k for k in meta.storage_data if k.fqn == fqn]
+    info = meta.storage_data[key]
+    fields = {**info.__dict__, "transform_descriptors": None, **change}
+    meta.storage_data[key] = _StorageInfo(**fields)
+
+
+def _tensor(meta: Any, size: Size, chunks: list[Any]) -> None:
+    tsm = meta.state_dict_metadata["w"]
+    tsm.size, tsm.chunks[:] = size, chunks
+
+
+def _planner(meta: Any, path: tuple[Any, ...]) -> None:
+    meta.planner_data["step"] = path
+
+
+# change -> (how the metadata is changed, what the refusal says)
+CORRUPT: dict[str, tuple[Any, str]] = {
+    "a list for the tensor table": (
+        lambda m: setattr(m, "state_dict_metadata", list(m.state_dict_metadata.values())),
+        "state_dict_metadata",
+    ),
+    "an unknown field": (lambda m: m.__dict__.update(extra=1), "has no field"),
+    "a chunk outside its tensor": (
+        lambda m: _tensor(m, Size([4, 4]), [Chunk(Size([2, 0]), Size([4, 4]))]),
+        "outside its tensor",
+    ),
+    "a chunk named twice": (
+        lambda m: _tensor(m, Size([4, 4]), [Chunk(Size([0, 0]), Size([4, 4]))] * 2),
+        "do not tile",
+    ),
+    "a tensor no chunk covers": (lambda m: _tensor(m, Size([4, 4]), []), "do not tile"),
+    "overlapping chunks": (  # the volumes add up, yet row 3 is never read
+        lambda m: _tensor(
+            m, Size([4, 4]), [Chunk(Size([0, 0]), Size([2, 4])), Chunk(Size([1, 0]), Size([2, 4]))]
+        ),
+        "overlap",
+    ),
+    "a 3 GiB tensor from a small file": (
+        lambda m: _tensor(m, Size([3 << 28, 4]), [Chunk(Size([0, 0]), Size([4, 4]))]),
+        "do not tile",
+    ),
+    "tensors larger than what is stored": (  # one chunk tiles 64 GiB; the file holds 1 KB
+        lambda m: _tensor(m, Size([1 << 34, 1]), [Chunk(Size([0, 0]), Size([1 << 34, 1]))]),
+        "only .* are stored",
+    ),
+    "a nested path in planner_data": (lambda m: _planner(m, ("step", ("x",))), "planner_data"),
+    "a huge list index in planner_data": (
+        lambda m: _planner(m, ("step", 10**12)),
+        "planner_data list index",
+    ),
+    "a 50,000-element planner_data path": (
+        lambda m: _planner(m, ("step",) * 50_000),
+        "planner_data path",
+    ),
+    "a compressed record": (
+        lambda m: _set_info(m, "w", transform_descriptors=["stream.zstd/1"]),
+        "transform extensions",
+    ),
+    "a record past the end of its file": (
+        lambda m: _set_info(m, "w", length=1 << 60),
+        "past the end of the file",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CORRUPT))
 def test_records_that_do_not_fit_dcp_are_corrupt(
     tmp_path: Path, sandboxed: None, change: str
 ) -> None:
-    ck = save(tmp_path / "ck", {"w": torch.ones(3, 4), "step": 1})
+    """Each from an attack review: unchecked, these crashed the process (a tuple nested a
+    million deep, hashed by dcp), grew it without bound (a list index of 10**12, a path
+    joined prefix by prefix, a zstd bomb, a 2**60-byte read), wrote 3 GiB from 1 KB, or read
+    each chunk thousands of times."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(4, 4), "step": 1})
     meta = plain_metadata(ck)
-    if change == "a list for the tensor table":
-        meta.state_dict_metadata = list(meta.state_dict_metadata.values())  # type: ignore[assignment]
-    elif change == "an unknown field":
-        meta.__dict__["extra"] = 1
-    else:
-        tsm = meta.state_dict_metadata["w"]
-        assert isinstance(tsm, metadata.TensorStorageMetadata)
-        tsm.chunks[0] = metadata.ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([3, 4]))
+    alter, says = CORRUPT[change]
+    alter(meta)
     write_metadata(ck, meta)
-    with pytest.raises(CorruptCheckpointError, match=r"\.metadata"):
-        load(ck)
+    with pytest.raises(CorruptCheckpointError, match=r"\.metadata") as err:
+        load(ck, small=True)
+    assert re.search(says, str(err.value)), err.value
 
 
 def test_a_class_outside_the_table_is_an_unsafe_global(tmp_path: Path, sandboxed: None) -> None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import IO, Any
 
-from .. import loader, pinning, policy
+from .. import dcpfolder, loader, origins, pinning, policy
 from ..errors import SandboxLoadError
 from ..fileid import open_regular
 from ..modelfolder import is_dcp_metadata
@@ -40,10 +40,13 @@ class GuardedPickle:
         self._real = real
 
     def load(self, file: IO[bytes], **kwargs: Any) -> Any:
+        name = origins.of_file(file) or "<.metadata>"
         try:
-            return loader.dcp_metadata(file, API, lambda f: self._real.load(f, **kwargs))
+            meta = loader.dcp_metadata(file, API, lambda f: self._real.load(f, **kwargs))
+            dcpfolder.check_metadata(meta, name)
         except SandboxLoadError as exc:
             refuse(exc)  # recorded: dcp's wrappers turn it into a CheckpointException
+        return meta
 
     def loads(self, data: bytes, **kwargs: Any) -> Any:
         return self.load(io.BytesIO(data), **kwargs)
@@ -66,6 +69,11 @@ def _opened_safely(original: Callable[..., Any]) -> Callable[..., Any]:
         name = os.fspath(path)
         try:
             fd = open_regular(name)
+            try:
+                dcpfolder.check_opened(fd, name)
+            except BaseException:
+                os.close(fd)
+                raise
             pinned = None if is_dcp_metadata(name) else _pinned_snapshot(fd, name)
         except SandboxLoadError as exc:
             refuse(exc)
@@ -99,14 +107,26 @@ def _pinned_snapshot(fd: int, name: str) -> int | None:
         raise
 
 
+def _in_folder(original: Callable[..., Any]) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with dcpfolder.reading(getattr(self, "path", None)):
+            return original(self, *args, **kwargs)
+
+    return method
+
+
 def patch_filesystem(module: ModuleType) -> None:
-    """Idempotent: the module's ``pickle`` becomes the guarded one, and its local
-    ``FileSystem`` reads only regular files."""
+    """Idempotent: the module's ``pickle`` becomes the guarded one, its local ``FileSystem``
+    reads only regular files, and its reader's reads are confined to the folder read."""
     if not isinstance(getattr(module, "pickle", None), GuardedPickle):
         module.pickle = GuardedPickle(pickle)
     fs = getattr(module, "FileSystem", None)
     if isinstance(fs, type):
         wrap_method(fs, "create_stream", _opened_safely)
+    reader = getattr(module, "FileSystemReader", None)
+    if isinstance(reader, type):
+        for name in ("read_metadata", "read_data"):
+            wrap_method(reader, name, _in_folder)
 
 
 def _refusal_in(exc: BaseException) -> SandboxLoadError | None:
@@ -138,8 +158,10 @@ def _entry(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def patch_loader(module: ModuleType) -> None:
-    """``dcp.load`` (and its deprecated name): refusals are not lost in CheckpointException."""
-    for name in ("load", "load_state_dict"):
+    """``dcp.load`` (and its deprecated name), and the internal loaders other callers reach
+    (the sharded-optimizer loader, loading selected keys, which swallows what
+    ``read_metadata`` raises): refusals are not lost in CheckpointException or a warning."""
+    for name in ("load", "load_state_dict", "_load_state_dict", "_load_state_dict_from_keys"):
         wrap(module, name, _entry)
 
 

@@ -9,6 +9,7 @@ checked at the end of the build (:meth:`Records.finish`).
 
 from __future__ import annotations
 
+import math
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,9 @@ from .validate import Invalid, check
 _METADATA = "torch.distributed.checkpoint.metadata"
 _MEM_FORMAT_ENCODING = f"{_METADATA}._MEM_FORMAT_ENCODING"
 MAX_NAME = 1 << 16  # a fully qualified name or file name, in characters
+MAX_PATH = 64  # elements of one planner_data path (dcp joins every prefix of it)
+# Pairs of chunks compared to prove a tensor's chunks disjoint, for the whole file.
+MAX_CHUNK_COMPARISONS = 1 << 22
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format,
     "channels_last": torch.channels_last,
@@ -49,6 +53,32 @@ def _relative_file(value: Any) -> None:
     )
 
 
+def _overlap(a: Any, b: Any) -> bool:
+    return all(
+        oa < ob + nb and ob < oa + na
+        for oa, na, ob, nb in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
+    )
+
+
+def _planner_data(data: Any, entries: int) -> None:
+    """What dcp's flattening writes: each flattened name -> its path in the caller's state
+    dict (str keys, list indices). dcp walks these paths in the caller's dict, growing lists
+    to an index and hashing each element: short, flat, and indices below the number of
+    entries (a list's elements are entries of their own)."""
+    if data is None:
+        return
+    check(isinstance(data, dict), "planner_data must be a dict")
+    for key, path in data.items():
+        _name(key, "planner_data key")
+        check(type(path) is tuple and 0 < len(path) <= MAX_PATH, "planner_data path")
+        check(type(path[0]) is str, "planner_data path")
+        for part in path:
+            if type(part) is int:
+                check(0 <= part < entries, "planner_data list index")
+            else:
+                _name(part, "planner_data path element")
+
+
 class Records:
     """Makes the records of one description; :meth:`finish` checks what they contain."""
 
@@ -60,6 +90,7 @@ class Records:
 
         self.m, self.fs = metadata, filesystem
         self.deferred: list[Callable[[], None]] = []
+        self.comparisons = 0
         m = metadata
         # class name -> (class, {field: allowed types}); required fields have no default.
         self.table: dict[str, tuple[type, dict[str, tuple[type, ...]], frozenset[str]]] = {
@@ -177,6 +208,7 @@ class Records:
                         type(k) is m.MetadataIndex and type(v) is self.fs._StorageInfo,
                         "storage_data maps MetadataIndex to _StorageInfo",
                     )
+            _planner_data(obj.planner_data, len(obj.state_dict_metadata))
         elif short == "TensorStorageMetadata":
             rank = len(obj.size)
             for chunk in obj.chunks:
@@ -184,13 +216,40 @@ class Records:
                 check(len(chunk.offsets) == rank, "chunk rank")
                 spans = zip(chunk.offsets, chunk.sizes, obj.size, strict=True)
                 check(all(o + n <= d for o, n, d in spans), "a chunk outside its tensor")
+            self._tiled(obj)
         elif short == "StorageMeta":
             check(all(type(x) is str for x in obj.modules), "StorageMeta.modules")
-        elif short == "_StorageInfo" and obj.transform_descriptors is not None:
-            check(
-                all(type(x) is str for x in obj.transform_descriptors),
-                "_StorageInfo.transform_descriptors",
+        elif short == "_StorageInfo" and obj.transform_descriptors:
+            # dcp runs the named transforms (zstd...) on the record in this process, before
+            # torch.load sees it, with no bound on what comes out: never here.
+            raise Invalid(
+                f"a record stored through the transform extensions "
+                f"{[str(x)[:40] for x in obj.transform_descriptors][:4]} (compression), "
+                "which sandboxload does not read: they would expand in this process without "
+                "a bound; save the checkpoint without _extensions"
             )
+
+    def _tiled(self, tsm: Any) -> None:
+        """The chunks cover the tensor exactly once: their volumes add up to its own and no
+        two overlap. dcp allocates the whole tensor and reads each chunk into it, so a gap
+        would hand out uninitialised memory, and a chunk named twice is read twice."""
+        volume = math.prod(tsm.size)
+        check(sum(math.prod(c.sizes) for c in tsm.chunks) == volume, "chunks do not tile")
+        chunks = [c for c in tsm.chunks if math.prod(c.sizes)]
+        if len(chunks) < 2:
+            return
+        # A sweep along the dimension that tells the chunks apart best (one comparison per
+        # neighbour for the usual slabs): two boxes overlap if they overlap in every dim.
+        dim = max(range(len(tsm.size)), key=lambda d: len({c.offsets[d] for c in chunks}))
+        chunks.sort(key=lambda c: c.offsets[dim])
+        for i, a in enumerate(chunks):
+            end = a.offsets[dim] + a.sizes[dim]
+            for b in chunks[i + 1 :]:
+                if b.offsets[dim] >= end:
+                    break
+                self.comparisons += 1
+                check(self.comparisons <= MAX_CHUNK_COMPARISONS, "too many chunks to check")
+                check(not _overlap(a, b), "two chunks of one tensor overlap")
 
     def enum(self, qualname: Any, value: Any) -> Any:
         if qualname == _MEM_FORMAT_ENCODING:
