@@ -181,7 +181,7 @@ def _data_callables() -> dict[str, tuple[Any, Any]]:
     return found
 
 
-def _arguments(params: set[str], module: str, path: Path) -> dict[str, Any]:
+def arguments_of(params: set[str], module: str, path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {
         "filename": str(path),
         "f": open(path, "rb"),  # noqa: SIM115 -- closed by the test
@@ -220,7 +220,7 @@ def test_every_safetensors_entry_point_is_gated(
     monkeypatch.setenv("SANDBOXLOAD_FORMATS", "torch-zip")
     ungated = []
     for qualified, (fn, params) in sorted(found.items()):
-        kwargs = _arguments(params, qualified.rpartition(".")[0], path)
+        kwargs = arguments_of(params, qualified.rpartition(".")[0], path)
         try:
             fn(**kwargs)
             ungated.append(qualified)

@@ -35,8 +35,8 @@ from typing import Any, NoReturn
 from ..errors import RemoteCodeRefusedError
 from ..refusals import refuse
 from ._common import entry_point, wrap, wrap_method
-from .transformers import _surface
-from .transformers_remote import _arguments, _on_the_way_to_code, _refused
+from .transformers import surface
+from .transformers_remote import arguments_of, code_refused, on_the_way_to_code
 
 
 def _refuse_code(a: dict[str, Any]) -> NoReturn:
@@ -52,10 +52,10 @@ def _refuse_code(a: dict[str, Any]) -> NoReturn:
 def _dynamic(original: Callable[..., Any]) -> Callable[..., Any]:
     """``get_class_from_dynamic_module`` / ``get_cached_module_file``: diffusers calls them
     only to run code (a local file, a hub repo's, a community pipeline's): refused."""
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def gate(*args: Any, **kwargs: Any) -> Any:
-        if not _refused():
+        if not code_refused():
             return original(*args, **kwargs)
         _refuse_code(arguments(*args, **kwargs))
 
@@ -63,11 +63,11 @@ def _dynamic(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _resolve(original: Callable[..., Any]) -> Callable[..., Any]:
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def resolve_trust_remote_code(*args: Any, **kwargs: Any) -> Any:
         a = arguments(*args, **kwargs)
-        if a.get("has_remote_code") and a.get("trust_remote_code") and _refused():
+        if a.get("has_remote_code") and a.get("trust_remote_code") and code_refused():
             refuse(
                 RemoteCodeRefusedError(
                     str(a.get("model_name")), "it maps a class to code it ships (auto_map)"
@@ -84,14 +84,14 @@ def patch_dynamic(module: ModuleType) -> None:
     wrap(module, "get_class_from_dynamic_module", _dynamic)
     wrap(module, "get_cached_module_file", _dynamic)
     for name in ("check_imports", "get_relative_imports", "get_relative_import_files"):
-        wrap(module, name, _on_the_way_to_code(f"diffusers' {name}: a module file"))
-    wrap(module, "get_class_in_module", _on_the_way_to_code("diffusers' get_class_in_module"))
+        wrap(module, name, on_the_way_to_code(f"diffusers' {name}: a module file"))
+    wrap(module, "get_class_in_module", on_the_way_to_code("diffusers' get_class_in_module"))
 
 
 def patch_model_loading(module: ModuleType) -> None:
     """Hook for ``diffusers.models.model_loading_utils``: the typed error out of
     ``load_state_dict``, not diffusers' generic one."""
-    wrap(module, "load_state_dict", _surface)
+    wrap(module, "load_state_dict", surface)
 
 
 # User-facing entry points that re-raise a swallowed refusal: module -> (class, method).

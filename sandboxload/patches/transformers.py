@@ -43,7 +43,7 @@ def _resolved(original: Callable[..., Any]) -> Callable[..., Any]:
     return _get_resolved_checkpoint_files
 
 
-def _surface(original: Callable[..., Any]) -> Callable[..., Any]:
+def surface(original: Callable[..., Any]) -> Callable[..., Any]:
     """transformers 4.x re-raises any torch.load failure as a generic OSError ("Unable to
     load weights..."); give the caller sandboxload's typed error instead."""
 
@@ -74,6 +74,6 @@ def patch_modeling(module: ModuleType) -> None:
         module.open = mark(origins.tracked_open)
     wrap(module, "get_checkpoint_shard_files", _shards)
     wrap(module, "_get_resolved_checkpoint_files", _resolved)
-    wrap(module, "load_state_dict", _surface)
+    wrap(module, "load_state_dict", surface)
     if isinstance(getattr(module, "PreTrainedModel", None), type):
         wrap_method(module.PreTrainedModel, "from_pretrained", entry_point)

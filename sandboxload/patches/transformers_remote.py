@@ -38,7 +38,7 @@ from ._common import entry_point, wrap, wrap_method
 _HUB_ARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only")
 
 
-def _refused() -> bool:
+def code_refused() -> bool:
     return policy.current().remote_code != "allow"
 
 
@@ -76,13 +76,13 @@ def _refuse_shipped(
     refuse(RemoteCodeRefusedError(repo, what))
 
 
-def _arguments(original: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+def arguments_of(original: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     sig = inspect.signature(original)
     return lambda *args, **kwargs: dict(sig.bind_partial(*args, **kwargs).arguments)
 
 
 def _resolve(original: Callable[..., Any]) -> Callable[..., Any]:
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def resolve_trust_remote_code(*args: Any, **kwargs: Any) -> Any:
         a = arguments(*args, **kwargs)
@@ -92,7 +92,7 @@ def _resolve(original: Callable[..., Any]) -> Callable[..., Any]:
             a.get("has_remote_code"),
         )
         # Refused before upstream may prompt: trusting, or undecided with no local class.
-        if has_remote and _refused() and (trust or (trust is None and not has_local)):
+        if has_remote and code_refused() and (trust or (trust is None and not has_local)):
             refuse(
                 RemoteCodeRefusedError(
                     str(a.get("model_name")),
@@ -106,10 +106,10 @@ def _resolve(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _class_from_dynamic_module(original: Callable[..., Any]) -> Callable[..., Any]:
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def get_class_from_dynamic_module(*args: Any, **kwargs: Any) -> Any:
-        if not _refused():
+        if not code_refused():
             return original(*args, **kwargs)
         a = arguments(*args, **kwargs)
         reference = str(a.get("class_reference"))
@@ -124,10 +124,10 @@ def _class_from_dynamic_module(original: Callable[..., Any]) -> Callable[..., An
 
 
 def _cached_module_file(original: Callable[..., Any]) -> Callable[..., Any]:
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def get_cached_module_file(*args: Any, **kwargs: Any) -> Any:
-        if not _refused():
+        if not code_refused():
             return original(*args, **kwargs)
         a = arguments(*args, **kwargs)
         repo, module_file = str(a.get("pretrained_model_name_or_path")), str(a.get("module_file"))
@@ -136,10 +136,10 @@ def _cached_module_file(original: Callable[..., Any]) -> Callable[..., Any]:
     return get_cached_module_file
 
 
-def _on_the_way_to_code(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def on_the_way_to_code(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def gate(*args: Any, **kwargs: Any) -> Any:
-            if _refused():
+            if code_refused():
                 values = [
                     str(x) for x in (*args, *kwargs.values()) if isinstance(x, str | os.PathLike)
                 ]
@@ -154,10 +154,10 @@ def _on_the_way_to_code(what: str) -> Callable[[Callable[..., Any]], Callable[..
 
 
 def _custom_generate(original: Callable[..., Any]) -> Callable[..., Any]:
-    arguments = _arguments(original)
+    arguments = arguments_of(original)
 
     def load_custom_generate(*args: Any, **kwargs: Any) -> Any:
-        if not _refused():
+        if not code_refused():
             return original(*args, **kwargs)
         a = arguments(*args, **kwargs)
         repo = str(a.get("pretrained_model_name_or_path"))
@@ -178,8 +178,8 @@ def patch_dynamic(module: ModuleType) -> None:
     wrap(module, "get_class_from_dynamic_module", _class_from_dynamic_module)
     wrap(module, "get_cached_module_file", _cached_module_file)
     for name in ("check_imports", "get_relative_imports", "get_relative_import_files"):
-        wrap(module, name, _on_the_way_to_code(f"{name}: a module file"))
-    wrap(module, "get_class_in_module", _on_the_way_to_code("get_class_in_module: a class"))
+        wrap(module, name, on_the_way_to_code(f"{name}: a module file"))
+    wrap(module, "get_class_in_module", on_the_way_to_code("get_class_in_module: a class"))
 
 
 def patch_generation(module: ModuleType) -> None:
