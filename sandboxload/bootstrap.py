@@ -130,37 +130,42 @@ def _offline_env() -> None:
             os.environ[name] = "1"
 
 
-def activate_from_env() -> None:
-    """Entry point of the ``.pth`` file: activate if ``SANDBOXLOAD`` is true, else do nothing.
-
-    A failure here must not leave the process running unprotected while the user believes it
-    is protected (``site`` would print the error and carry on), so it ends the process.
-    """
-    if not is_true(os.environ.get(ACTIVATE_ENV)):
-        return
+def _activate_or_exit(why: str) -> None:
+    """Activate; a failure ends the process rather than leave it running unprotected while
+    the user believes it is protected (``site`` would print the error and carry on)."""
     try:
         activate(export_env=False)
     except Exception as exc:  # fail closed: the user asked for protection
         sys.stderr.write(
-            f"sandboxload: activation failed ({exc!r}); refusing to run "
-            f"unprotected. Unset {ACTIVATE_ENV} to run without sandboxload.\n"
+            f"sandboxload: activation failed ({exc!r}); refusing to run unprotected. {why}\n"
         )
         raise SystemExit(70) from exc
 
 
+def activate_from_env() -> None:
+    """Entry point of the ``.pth`` file: activate if ``SANDBOXLOAD`` is true, else do nothing."""
+    if is_true(os.environ.get(ACTIVATE_ENV)):
+        _activate_or_exit(f"Unset {ACTIVATE_ENV} to run without sandboxload.")
+
+
 def run_sitecustomize(own_dir: str) -> None:
-    """Entry point of ``site/sitecustomize.py``: run the ``sitecustomize`` it shadows, activate."""
+    """Entry point of ``site/sitecustomize.py``: run the ``sitecustomize`` it shadows, then
+    activate -- also when that file raises (``site`` prints its error and carries on, so an
+    activation after it would be skipped and the process run unprotected); its error is
+    raised again once sandboxload is active."""
     from importlib.machinery import PathFinder
 
     own = os.path.realpath(own_dir)
     rest = [p for p in sys.path if os.path.realpath(p or os.curdir) != own]
     spec = PathFinder.find_spec("sitecustomize", rest)
-    if spec is not None and spec.loader is not None:
-        from importlib.util import module_from_spec
+    try:
+        if spec is not None and spec.loader is not None:
+            from importlib.util import module_from_spec
 
-        shadowed = module_from_spec(spec)
-        spec.loader.exec_module(shadowed)
-    activate(export_env=False)
+            shadowed = module_from_spec(spec)
+            spec.loader.exec_module(shadowed)
+    finally:
+        _activate_or_exit(f"Drop {own_dir} from PYTHONPATH to run without sandboxload.")
 
 
 # --- post-import hooks ---

@@ -145,3 +145,15 @@ def test_multiprocessing_spawn_children_are_covered(
             [PY, str(script), how], env=env, capture_output=True, text=True, timeout=120
         )
         assert proc.stdout.strip() == "refused", (how, proc.stderr)
+
+
+def test_a_failing_shadowed_sitecustomize_does_not_skip_activation(tmp_path: Path) -> None:
+    """Found by an attack review: the site dir ran the ``sitecustomize`` it shadows, then
+    activated; when that file raised, ``site`` printed the error and went on, unprotected.
+    It still runs first, its error is still reported, and the process is active."""
+    shadowed = tmp_path / "other"
+    shadowed.mkdir()
+    (shadowed / "sitecustomize.py").write_text("import definitely_not_installed_tracer\n")
+    proc = run_py(STATE, env=clean_env(PYTHONPATH=os.pathsep.join([SITE_DIR, str(shadowed)])))
+    assert json.loads(proc.stdout) is True, proc.stderr
+    assert "definitely_not_installed_tracer" in proc.stderr  # the user's error, still shown

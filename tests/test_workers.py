@@ -37,6 +37,7 @@ import pytest
 import torch
 
 import sandboxload
+from sandboxload.cli.wrapper import SITE_DIR
 from sandboxload.sandbox.protocol import SPARE_ARG
 
 from .helpers import PY, Payload, Server, audited, free_port, pickle_copy, server_env
@@ -330,8 +331,8 @@ def target_layout(tmp: Path) -> tuple[str, dict[str, str]]:
 
 def test_wrapper_activates_python_children_without_the_startup_file(tmp_path: Path) -> None:
     """Where no site directory holds the start-up ``.pth``, the exported flag alone activates
-    nothing in a Python child; the wrapper then puts its site dir on ``PYTHONPATH`` (and only
-    then: an installed sandboxload leaves ``PYTHONPATH`` as it was)."""
+    nothing in a Python child: the wrapper puts its site dir first on ``PYTHONPATH`` (always:
+    whether the wrapper's own interpreter has the file says nothing of a child's)."""
     code = (
         "import os, sys; "
         "print('sandboxload.bootstrap' in sys.modules, os.environ.get('PYTHONPATH'))"
@@ -348,7 +349,7 @@ def test_wrapper_activates_python_children_without_the_startup_file(tmp_path: Pa
     active, path = child(wrapped(python, "-c", code, python=python), server_env(**extra))
     assert active == "True"
     assert path.split(os.pathsep)[1:] == extra["PYTHONPATH"].split(os.pathsep)
-    assert child(wrapped(PY, "-c", code), server_env()) == ["True", "None"]
+    assert child(wrapped(PY, "-c", code), server_env()) == ["True", SITE_DIR]
 
 
 @pytest.mark.parametrize("layout", ["installed", "target"])

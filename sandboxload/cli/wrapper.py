@@ -2,9 +2,8 @@
 
 COMMAND runs in this process if it is a console script of this environment (its imports
 happen after activation, so they are hooked), or is ``exec``'d otherwise; the activation env
-(``SANDBOXLOAD=1`` and the options; the site dir on ``PYTHONPATH`` where no start-up ``.pth``
-is installed) covers it and every child it starts. The exit code passes
-through; 127: not found, 126: cannot execute.
+(``SANDBOXLOAD=1`` and the options; the site dir first on ``PYTHONPATH``) covers it and every
+Python child it starts. The exit code passes through; 127: not found, 126: cannot execute.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from ..bootstrap import ACTIVATE_ENV
 from ..errors import PolicyError
 
 SITE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "site")
-STARTUP_PTH = "sandboxload_startup.pth"  # what an install puts in site-packages
 OPTIONS = (policy.POLICY_FILE, *policy.SETTINGS)
 
 
@@ -78,28 +76,16 @@ def export_options(opts: argparse.Namespace) -> int:
     return 0
 
 
-def _startup_pth_installed() -> bool:
-    """Whether a site directory of this installation holds the start-up ``.pth`` file, so that
-    a Python child of it (same interpreter, ``site`` on) activates on ``SANDBOXLOAD=1``."""
-    import site
-
-    dirs = [*site.getsitepackages()]
-    if site.ENABLE_USER_SITE:
-        dirs.append(site.getusersitepackages())
-    return any(os.path.isfile(os.path.join(d, STARTUP_PTH)) for d in dirs)
-
-
 def export_site_dir() -> None:
-    """Put the site dir on ``PYTHONPATH`` when the exported flag alone would activate nothing.
+    """Put the site dir first on ``PYTHONPATH``, so every Python that COMMAND starts (an
+    ``exec``'d script, uvicorn's ``--workers``, multiprocessing's spawn) activates.
 
-    Python reads ``.pth`` files only in site directories: with sandboxload installed by
-    ``pip install --target`` or run from a checkout on ``PYTHONPATH``, no start-up file sees
-    ``SANDBOXLOAD=1``, and a Python that COMMAND starts (an ``exec``'d script, uvicorn's
-    ``--workers``, multiprocessing's spawn) would run unprotected. Where the ``.pth`` is
-    installed, ``PYTHONPATH`` is left as it is.
+    The exported flag alone activates only an interpreter whose site directory holds the
+    start-up ``.pth``: not one where sandboxload came by ``pip install --target`` or a checkout
+    on ``PYTHONPATH``, nor a child of another environment (whether the wrapper's own
+    interpreter has the file says nothing of the child's). Activation is idempotent, so an
+    interpreter that has both activates once.
     """
-    if _startup_pth_installed():
-        return
     current = os.environ.get("PYTHONPATH", "")
     if SITE_DIR not in current.split(os.pathsep):
         # The rest kept as it was (an empty entry means the working directory).
