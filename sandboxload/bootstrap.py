@@ -69,12 +69,14 @@ PATCHES = {
     ),
     "diffusers.utils.dynamic_modules_utils": "sandboxload.patches.diffusers:patch_dynamic",
     "diffusers.models.model_loading_utils": "sandboxload.patches.diffusers:patch_model_loading",
+    "diffusers.utils.hub_utils": "sandboxload.patches.diffusers:patch_hub",
     **dict.fromkeys(
         (
             "diffusers.pipelines.pipeline_utils",
             "diffusers.models.modeling_utils",
             "diffusers.models.auto_model",
             "diffusers.modular_pipelines.modular_pipeline",
+            "diffusers.modular_pipelines.modular_pipeline_utils",
         ),
         "sandboxload.patches.diffusers:patch_entry_points",
     ),

@@ -26,11 +26,17 @@ _recorded: ContextVar[list[SandboxLoadError] | None] = ContextVar(
 )
 
 
+def note(error: SandboxLoadError) -> None:
+    """Record ``error``, about to be raised elsewhere, so the enclosing scope re-raises it if
+    it is swallowed."""
+    recorded = _recorded.get()
+    if recorded is not None and error not in recorded:
+        recorded.append(error)
+
+
 def refuse(error: SandboxLoadError) -> NoReturn:
     """Raise ``error``, recorded so the enclosing scope re-raises it if it is swallowed."""
-    recorded = _recorded.get()
-    if recorded is not None:
-        recorded.append(error)
+    note(error)
     raise error
 
 

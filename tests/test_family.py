@@ -309,6 +309,83 @@ def test_diffusers_payload_weights_refused(diffusers_models: Path, tmp_path: Pat
         }
 
 
+SHARDED_BUILD = """
+import sys
+from diffusers import UNet2DModel
+UNet2DModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], max_shard_size="20KB")
+"""
+MODULAR_CALL = """
+from diffusers import ModularPipeline
+pipe = ModularPipeline.from_pretrained(arg["path"])
+pipe.load_components()
+result = type(pipe.vae).__name__ if getattr(pipe, "vae", None) is not None else None
+"""
+
+
+@slow
+def test_diffusers_index_and_swallowed_component_refusals(
+    diffusers_models: Path, tmp_path: Path
+) -> None:
+    """Found by an attack review. (1) A ``diffusion_pytorch_model.safetensors.index.json``
+    mapping every tensor to a pickle had it loaded where safetensors were asked for
+    (``use_safetensors=True``): refused as the transformers index rule refuses it. (2)
+    ``ModularPipeline.load_components()`` logs any component's failure and goes on without
+    it: a refused payload left ``vae=None`` and the load looked normal; the refusal now
+    reaches the caller."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    sharded = tmp_path / "sharded"
+    proc = subprocess.run(
+        [PY, "-c", SHARDED_BUILD, str(diffusers_models / "unet_st"), str(sharded)],
+        env=env_for(None),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = sharded / "diffusion_pytorch_model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    assert len(set(doc["weight_map"].values())) > 1  # really sharded
+    doc["weight_map"] = dict.fromkeys(doc["weight_map"], "shard.bin")
+    index.write_text(json.dumps(doc))
+    for f in sharded.glob("*.safetensors"):
+        f.unlink()
+    pickled = diffusers_models / "unet_bin" / "diffusion_pytorch_model.bin"
+    shutil.copy(pickled, sharded / "shard.bin")
+
+    modular, canary = tmp_path / "modular", tmp_path / "CANARY"
+    vae = shutil.copytree(diffusers_models / "unet_bin", modular / "vae")
+    sd = load_file(str(diffusers_models / "unet_st" / "diffusion_pytorch_model.safetensors"))
+    payload_checkpoint(vae / "diffusion_pytorch_model.bin", canary, sd)
+    spec = {"pretrained_model_name_or_path": str(modular), "subfolder": "vae", "variant": None,
+            "revision": None, "type_hint": ["diffusers", "UNet2DModel"]}  # fmt: skip
+    (modular / "modular_model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionXLModularPipeline",
+                "_diffusers_version": "0.42.1",
+                "_blocks_class_name": "StableDiffusionXLAutoBlocks",
+                "vae": ["diffusers", "UNet2DModel", spec],
+            }
+        )
+    )
+    index_call = UNET_CALL.replace('(arg["path"])', '(arg["path"], use_safetensors=True)')
+    jobs = [(index_call, {"path": str(sharded)}), (MODULAR_CALL, {"path": str(modular)})]
+    plain = outcomes(jobs, prologue=WEIGHTS_ONLY_OFF)
+    assert "ok" in plain[0], plain  # upstream loads the pickle the safetensors index names
+    assert canary.exists(), plain  # the payload is live
+    canary.unlink()
+    # Stock diffusers: torch refuses the payload, load_components logs it and goes on.
+    assert outcomes(jobs[1:]) == [{"ok": None}]
+    index_out, modular_out = outcomes(jobs, tmp_path / "audit", WEIGHTS_ONLY_OFF)
+    refused_with(index_out, "ModelFolderError")
+    assert "not a safetensors file" in index_out["text"]
+    refused_with(modular_out, "UnsafeGlobalError")
+    assert "vae/diffusion_pytorch_model.bin" in modular_out["text"]
+    assert not canary.exists()
+
+
 # --- diffusers: remote code -------------------------------------------------------------------
 
 EVIL = """import this  # check_imports imports every module a file names, before its code runs

@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 from ..errors import RemoteCodeRefusedError
 from ..refusals import refuse
 from ._common import entry_point, wrap, wrap_method
-from .transformers import surface
+from .transformers import shards_checked, surface
 from .transformers_remote import arguments_of, code_refused, on_the_way_to_code
 
 
@@ -88,6 +88,14 @@ def patch_dynamic(module: ModuleType) -> None:
     wrap(module, "get_class_in_module", on_the_way_to_code("diffusers' get_class_in_module"))
 
 
+def patch_hub(module: ModuleType) -> None:
+    """Hook for ``diffusers.utils.hub_utils``: a shard index's files inside its folder, and
+    safetensors for a safetensors index (transformers' rule: an index of
+    ``diffusion_pytorch_model.safetensors.index.json`` mapping to ``shard.bin`` had the pickle
+    loaded where safetensors were asked for)."""
+    wrap(module, "_get_checkpoint_shard_files", shards_checked)
+
+
 def patch_model_loading(module: ModuleType) -> None:
     """Hook for ``diffusers.models.model_loading_utils``: the typed error out of
     ``load_state_dict``, not diffusers' generic one."""
@@ -105,7 +113,11 @@ ENTRY_POINTS = {
     "diffusers.modular_pipelines.modular_pipeline": [
         ("ModularPipelineBlocks", "from_pretrained"),
         ("ModularPipeline", "from_pretrained"),
+        # Loads each component after from_pretrained returned, and logs a failure of any
+        # (a refusal too) and goes on without it.
+        ("ModularPipeline", "load_components"),
     ],
+    "diffusers.modular_pipelines.modular_pipeline_utils": [("ComponentSpec", "load")],
 }
 
 

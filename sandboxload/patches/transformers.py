@@ -16,10 +16,11 @@ from typing import Any
 
 from .. import modelfolder, origins
 from ..errors import SandboxLoadError
+from ..refusals import note
 from ._common import entry_point, is_patched, mark, wrap, wrap_method
 
 
-def _shards(original: Callable[..., Any]) -> Callable[..., Any]:
+def shards_checked(original: Callable[..., Any]) -> Callable[..., Any]:
     def get_checkpoint_shard_files(*args: Any, **kwargs: Any) -> Any:
         bound = inspect.signature(original).bind(*args, **kwargs)
         files, metadata = original(*args, **kwargs)
@@ -44,8 +45,9 @@ def _resolved(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def surface(original: Callable[..., Any]) -> Callable[..., Any]:
-    """transformers 4.x re-raises any torch.load failure as a generic OSError ("Unable to
-    load weights..."); give the caller sandboxload's typed error instead."""
+    """transformers 4.x (and diffusers) re-raise any torch.load failure as a generic OSError
+    ("Unable to load weights..."); give the caller sandboxload's typed error instead, noted
+    so the user's entry point re-raises it if a caller in between swallows it."""
 
     def load_state_dict(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -56,13 +58,14 @@ def surface(original: Callable[..., Any]) -> Callable[..., Any]:
                 cause = cause.__cause__ or cause.__context__
             if cause is None or cause is exc:
                 raise
+            note(cause)
             raise cause from exc
 
     return load_state_dict
 
 
 def patch_hub(module: ModuleType) -> None:
-    wrap(module, "get_checkpoint_shard_files", _shards)
+    wrap(module, "get_checkpoint_shard_files", shards_checked)
 
 
 def patch_modeling(module: ModuleType) -> None:
@@ -72,7 +75,7 @@ def patch_modeling(module: ModuleType) -> None:
     # ``safetensors.torch.load``: its ``open`` remembers which file the bytes came from.
     if not is_patched(vars(module).get("open")):
         module.open = mark(origins.tracked_open)
-    wrap(module, "get_checkpoint_shard_files", _shards)
+    wrap(module, "get_checkpoint_shard_files", shards_checked)
     wrap(module, "_get_resolved_checkpoint_files", _resolved)
     wrap(module, "load_state_dict", surface)
     if isinstance(getattr(module, "PreTrainedModel", None), type):
