@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .errors import CorruptCheckpointError
+from .modelfolder import inside
 
 SLACK = 64 << 20  # declared tensor bytes beyond what is stored (each record's own overhead)
 _root: ContextVar[str | None] = ContextVar("sandboxload_dcp_root", default=None)
@@ -39,17 +40,13 @@ def reading(path: Any) -> Iterator[None]:
         _root.reset(token)
 
 
-def _inside(root: str, real: str) -> bool:
-    return real.startswith(root.rstrip("/") + "/")
-
-
 def check_opened(fd: int, name: str) -> None:
     """The file dcp just opened, by its descriptor, lies inside the folder being read."""
     root = _root.get()
     if root is None:
         return
     real = os.readlink(f"/proc/self/fd/{fd}")
-    if not _inside(root, real):
+    if not inside(root, real):
         raise CorruptCheckpointError(
             name, f"it leads outside the checkpoint folder {root} (to {real}); dcp would read it"
         )
@@ -88,7 +85,7 @@ def check_metadata(meta: Any, name: str) -> None:
 def _data_file_size(root: str, rel: str, name: str) -> int:
     path = os.path.join(root, rel)
     real = os.path.realpath(path)
-    if not _inside(root, real):
+    if not inside(root, real):
         raise CorruptCheckpointError(
             name, f"the data file {rel!r} leads outside the checkpoint folder (to {real})"
         )

@@ -84,7 +84,7 @@ def _first_hop(path: str) -> str | None:
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), target))
 
 
-def _inside(base: str, path: str) -> bool:
+def inside(base: str, path: str) -> bool:
     base = os.path.abspath(base)
     path = os.path.abspath(os.path.join(base, path))
     try:
@@ -146,7 +146,7 @@ def check_shards(index_file: str, shards: Iterable[str]) -> None:
     base = os.path.dirname(os.path.abspath(index_file))
     want_safetensors = os.path.basename(index_file).endswith(".safetensors.index.json")
     for shard in shards:
-        if not _inside(base, shard):
+        if not inside(base, shard):
             raise ModelFolderError(
                 index_file, f"weight_map names {shard!r}, outside the model folder"
             )
@@ -165,7 +165,7 @@ def check_explicit_weights(model_dir: str, name: str) -> None:
             f"transformers_weights names {name!r}; only safetensors "
             "files and safetensors indexes are accepted",
         )
-    if os.path.isabs(name) or not _inside(model_dir, name):
+    if os.path.isabs(name) or not inside(model_dir, name):
         raise ModelFolderError(
             where, f"transformers_weights names {name!r}, outside the model folder"
         )
@@ -205,7 +205,7 @@ def loader_kwargs_findings(doc: Any) -> list[tuple[str, str]]:
             if args.get(other) not in (None, False, ""):
                 why.append((other, f"{args[other]!r}: another checkpoint loader"))
         sub = args.get("subfolder")
-        if sub is not None and not (isinstance(sub, str) and _inside(_ANY_FOLDER, sub)):
+        if sub is not None and not (isinstance(sub, str) and inside(_ANY_FOLDER, sub)):
             why.append(("subfolder", f"{sub!r}: outside the model folder"))
         found += [(arg, f"{key} passes {arg}={what}") for arg, what in why]
     return found

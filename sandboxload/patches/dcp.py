@@ -71,10 +71,10 @@ def _opened_safely(original: Callable[..., Any]) -> Callable[..., Any]:
             fd = open_regular(name)
             try:
                 dcpfolder.check_opened(fd, name)
+                pinned = None if is_dcp_metadata(name) else _pinned_snapshot(fd, name)
             except BaseException:
                 os.close(fd)
                 raise
-            pinned = None if is_dcp_metadata(name) else _pinned_snapshot(fd, name)
         except SandboxLoadError as exc:
             refuse(exc)
         if pinned is not None:
@@ -98,13 +98,9 @@ def _pinned_snapshot(fd: int, name: str) -> int | None:
     manifest = policy.current().manifest
     if manifest is None:
         return None
-    try:
-        digest = pinning.check(name, fd, None, manifest, name)
-        assert digest is not None
-        return memfds.pinned_snapshot(fd, os.fstat(fd).st_size, name, digest)
-    except BaseException:
-        os.close(fd)
-        raise
+    digest = pinning.check(name, fd, None, manifest, name)
+    assert digest is not None
+    return memfds.pinned_snapshot(fd, os.fstat(fd).st_size, name, digest)
 
 
 def _in_folder(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,6 @@ not judged.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from .. import formats, loader, pinning, policy, routes
 from ..errors import CorruptCheckpointError
@@ -20,8 +19,8 @@ from ..sandbox.protocol import READ_DCP
 from ..wording import count
 
 
-def records(path: str, pol: policy.Policy) -> list[tuple[int, int, Any]]:
-    """(offset, length, transforms) of each record the folder's ``.metadata`` names in
+def records(path: str, pol: policy.Policy) -> list[tuple[int, int]]:
+    """(offset, length) of each record the folder's ``.metadata`` names in
     ``path``; a refusal of the metadata is raised as it is."""
     meta_path = os.path.join(os.path.dirname(path), ".metadata")
     if not os.path.lexists(meta_path):
@@ -38,13 +37,13 @@ def records(path: str, pol: policy.Policy) -> list[tuple[int, int, Any]]:
         meta = loader.sandboxed(a, None, None)
     name = os.path.basename(path)
     found = [
-        (info.offset, info.length, info.transform_descriptors)
+        (info.offset, info.length)
         for info in (meta.storage_data or {}).values()
         if info.relative_path == name
     ]
     if not found:
         raise CorruptCheckpointError(path, f"{meta_path} names no record in this file")
-    return sorted(found, key=lambda r: r[0])
+    return sorted(found)
 
 
 def check(path: str, pol: policy.Policy) -> str:
@@ -59,12 +58,8 @@ def check(path: str, pol: policy.Policy) -> str:
         size = os.fstat(fd).st_size
         pinning.check(path, fd, None, pol.manifest, path)
         storages = 0
-        for offset, length, transforms in found:
+        for offset, length in found:  # transformed records: the metadata was refused
             label = f"{path} [record at byte {offset}]"
-            if transforms:
-                raise CorruptCheckpointError(
-                    label, f"a record stored through {list(transforms)!r}: not checked by scan"
-                )
             if offset + length > size:
                 raise CorruptCheckpointError(label, "the record runs past the end of the file")
             data = os.pread(fd, length, offset)
