@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -359,8 +361,36 @@ def _cached(items: tuple[tuple[str, str], ...], file_stamp: tuple[int, int] | No
     return resolve(dict(items))
 
 
+# Settings a tool of ours fixes for the loads it makes itself (``convert`` parses every pickle
+# in the sandbox whatever ``pickle`` and ``formats`` say); see :func:`overridden`.
+_override: ContextVar[tuple[str, tuple[tuple[str, Any], ...]] | None] = ContextVar(
+    "sandboxload_override", default=None
+)
+
+
+@contextmanager
+def overridden(origin: str, **values: Any) -> Iterator[None]:
+    """Within this context (this thread or task only), :func:`current` has ``values`` in place
+    of the resolved settings, each with ``origin`` as where it came from."""
+    token = _override.set((origin, tuple(values.items())))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
 def current() -> Policy:
     """The policy for this moment, re-resolved only when the env or the policy file changed."""
+    pol = _resolved()
+    override = _override.get()
+    if override is None:
+        return pol
+    origin, values = override
+    origins = {**pol.origins, **{name: origin for name, _ in values}}
+    return replace(pol, **dict(values), origins=origins)
+
+
+def _resolved() -> Policy:
     items = tuple((n, os.environ[n]) for n in ENV_NAMES if n in os.environ)
     stamp = None
     path = os.environ.get(POLICY_FILE.env, "").strip()

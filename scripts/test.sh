@@ -17,7 +17,7 @@ fi
 AGAIN=(tests/test_hf.py tests/test_remote_code.py tests/test_special_files.py
   tests/test_description.py tests/test_changing_files.py tests/test_faults.py
   tests/test_pin_origins.py tests/test_load.py tests/test_infinity.py
-  tests/test_allowlist_parity.py tests/test_special_tensors.py tests/test_sandbox_parity.py tests/test_convert.py
+  tests/test_allowlist_parity.py tests/test_special_tensors.py tests/test_sandbox_parity.py tests/test_convert.py tests/test_convert_dcp.py
   tests/test_numpy_pickles.py tests/test_dcp.py tests/test_trainer_resume.py
   tests/test_infinity_kinds.py tests/test_workers.py tests/test_family.py)
 ALL=()

@@ -5,7 +5,8 @@ PATH is a checkpoint or a model folder. Each checkpoint is parsed by the confine
 tied weights too), written under a temporary name, read back and
 compared bit for bit, and only then renamed into place. A folder's shard index becomes a
 ``model.safetensors.index.json``; sentence-transformers module folders (``2_Dense/``) convert
-like the rest.
+like the rest; so does a ``torch.distributed.checkpoint`` (``.metadata`` and ``*.distcp``), into
+one ``model.safetensors``.
 
 Where the output goes: a file converts beside itself (``pytorch_model.bin`` ->
 ``model.safetensors``; ``x.pt`` -> ``x.safetensors``), or into ``--out DIR``; a folder converts
@@ -30,6 +31,7 @@ from ..conversion import folder
 from ..conversion.folder import Converted
 from ..conversion.layout import plan, target_name
 from ..errors import SandboxLoadError
+from ..modelfolder import is_dcp_file
 from ..wording import count, shown
 from . import progress
 
@@ -84,6 +86,12 @@ def _report(c: Converted) -> None:
 
 def _file(opts: argparse.Namespace) -> int:
     path = opts.path
+    if is_dcp_file(path):
+        _say(
+            f"{shown(path)} is one file of a torch.distributed.checkpoint; convert the folder "
+            "that holds it"
+        )
+        return 2
     name = target_name(os.path.basename(path))
     dest = os.path.join(opts.out or os.path.dirname(os.path.abspath(path)), name)
     if os.path.lexists(dest):
@@ -116,7 +124,7 @@ def _folder(opts: argparse.Namespace) -> int:
             _say(f"{shown(out)} already exists; remove it or choose another --out")
             return 2
     p = plan(root, opts.exclude, in_place=out is None)
-    if not p.convert:
+    if not p.convert and not p.dcp:
         _say(f"no pickle checkpoint found under {shown(root)}; nothing to convert")
         return 2
     done = folder.execute(
@@ -151,7 +159,12 @@ def main(argv: list[str]) -> int:
     except SandboxLoadError as exc:
         _say(shown(str(exc)))
         file = getattr(exc, "file", None)
-        if os.path.isdir(opts.path) and isinstance(file, str) and os.path.isfile(file):
+        if (
+            os.path.isdir(opts.path)
+            and isinstance(file, str)
+            and os.path.isfile(file)
+            and not is_dcp_file(file)  # a distributed checkpoint's files are all weights
+        ):
             # Folders often hold pickles that are not weights (training_args.bin).
             rel = os.path.relpath(file, os.path.realpath(opts.path))
             _say(shown(f"if {rel} is not part of the model's weights: --exclude {rel}"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConversionError
 from ..fileid import open_regular
-from . import source, tensors, writer
+from . import dcp, source, tensors, writer
 from .layout import Plan, check_target
 
 
@@ -40,6 +40,18 @@ def convert_one(
 ) -> Converted:
     """Convert the checkpoint ``path`` to ``dest``, verified."""
     obj, size = source.load(path, check)
+    return _write(obj, size, path, dest, key, drop_non_tensors)
+
+
+def convert_dcp(folder: str, dest: str, key: str | None, drop_non_tensors: bool) -> Converted:
+    """Convert the torch.distributed.checkpoint in ``folder`` to ``dest``, verified."""
+    obj, size = dcp.load(folder)
+    return _write(obj, size, folder, dest, key, drop_non_tensors)
+
+
+def _write(
+    obj: object, size: int, path: str, dest: str, key: str | None, drop_non_tensors: bool
+) -> Converted:
     try:
         prep = tensors.select(obj, path, size, key, drop_non_tensors)
     except (MemoryError, RuntimeError) as exc:  # torch's allocator says RuntimeError
@@ -114,7 +126,15 @@ def _run(
     each: Callable[[list[str]], Iterable[str]],
 ) -> list[Converted]:
     done: dict[str, Converted] = {}
-    for rel in each(sorted(p.convert)):
+    for rel in each([*sorted(p.convert), *sorted(p.dcp)]):
+        if rel in p.dcp:  # a folder holding a torch.distributed.checkpoint
+            done[rel] = convert_dcp(
+                os.path.normpath(os.path.join(p.root, rel)),
+                os.path.join(base, p.dcp_dest[rel]),
+                key,
+                drop_non_tensors,
+            )
+            continue
         done[rel] = convert_one(
             os.path.join(p.root, rel),
             os.path.join(base, p.convert[rel]),
@@ -125,6 +145,6 @@ def _run(
     for index, new in p.indexes.items():
         _write_json(_index(p, index, done), os.path.join(base, new))
     if delete_pickle:  # every pickle was converted and verified, or we would not be here
-        for rel in [*done, *p.indexes]:
+        for rel in [*p.convert, *p.indexes, *(f for files in p.dcp.values() for f in files)]:
             os.unlink(os.path.join(p.root, rel))
     return [done[rel] for rel in sorted(done)]

@@ -10,6 +10,9 @@ bytes), a shard index to rewrite, a file to carry over unchanged (which must hol
 - a name the output would take twice, or that exists already;
 - a pickle beside safetensors weights: the loaders prefer the safetensors, so converting the
   pickle would change which weights the folder loads.
+
+A ``torch.distributed.checkpoint`` (its ``.metadata`` and ``*.distcp`` files) converts as one
+unit into ``model.safetensors`` in its folder.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from . import content, source
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 NUMPY_SUFFIXES = (".npy", ".npz")
 INDEX_SUFFIX = ".index.json"
+DCP_METADATA = ".metadata"  # what torch's FileSystemReader reads
 SAFE_WEIGHTS = (".safetensors", ".safetensors" + INDEX_SUFFIX)
 
 
@@ -50,6 +54,9 @@ class Plan:
     copy: list[str] = field(default_factory=list)  # rel files that go over unchanged
     dirs: list[str] = field(default_factory=list)  # rel directories, empty ones included
     indexes: dict[str, str] = field(default_factory=dict)  # rel pickle index -> new index
+    # rel folder of a torch.distributed.checkpoint -> its rel files, and its rel output
+    dcp: dict[str, list[str]] = field(default_factory=dict)
+    dcp_dest: dict[str, str] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)  # rel index -> its shards
     excluded: list[str] = field(default_factory=list)
 
@@ -102,6 +109,7 @@ def plan(root: str, exclude: Iterable[str] = (), in_place: bool = False) -> Plan
             _place(p, rel)
     for index in p.indexes:
         _check_index(p, index)
+    _check_dcp(p)
     _check_preferred(p)
     _check_names(p, in_place)
     return p
@@ -111,6 +119,9 @@ def _place(p: Plan, rel: str) -> None:
     path = os.path.join(p.root, rel)
     check_target(p, path)
     name = os.path.basename(rel)
+    if modelfolder.is_dcp_file(name):
+        p.dcp.setdefault(os.path.dirname(rel), []).append(rel)
+        return
     if name.endswith(tuple(s + INDEX_SUFFIX for s in PICKLE_SUFFIXES)):
         index = target_name(name[: -len(INDEX_SUFFIX)]) + INDEX_SUFFIX
         p.indexes[rel] = os.path.join(os.path.dirname(rel), index)
@@ -164,6 +175,19 @@ def _check_index(p: Plan, index: str) -> None:
     p.shards[index] = [os.path.normpath(os.path.join(here, s)) for s in shards]
 
 
+def _check_dcp(p: Plan) -> None:
+    """Each distributed checkpoint has the metadata that says what its data files hold."""
+    for here, rels in p.dcp.items():
+        if os.path.join(here, DCP_METADATA) not in {os.path.normpath(r) for r in rels}:
+            raise ConversionError(
+                os.path.join(p.root, rels[0]),
+                f"it is part of a torch.distributed.checkpoint without its {DCP_METADATA} "
+                "file, which says what the data files hold",
+                "Copy the checkpoint whole, or --exclude its files.",
+            )
+        p.dcp_dest[here] = os.path.normpath(os.path.join(here, "model.safetensors"))
+
+
 def _check_preferred(p: Plan) -> None:
     """A folder holding safetensors weights loads them, not its pickle: converting the pickle
     would publish other weights than the folder loads."""
@@ -181,7 +205,7 @@ def _check_preferred(p: Plan) -> None:
 
 def _check_names(p: Plan, in_place: bool) -> None:
     taken = {*p.copy, *p.dirs, *(p.excluded if in_place else ())}
-    new = Counter([*p.convert.values(), *p.indexes.values()])
+    new = Counter([*p.convert.values(), *p.indexes.values(), *p.dcp_dest.values()])
     for rel, times in new.items():
         if rel in taken or times > 1:
             raise ConversionError(

@@ -10,13 +10,14 @@ the loaders use.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from .. import formats, loader, policy, routes
 
 API = "sandboxload convert"
+# What converting fixes whatever the policy says (the rest of the policy applies).
+CONVERTING: dict[str, Any] = {"pickle": "sandbox", "formats": ()}
 
 
 def sniff(path: str) -> str:
@@ -34,7 +35,8 @@ def load(path: str, check: Callable[[str, int], None] | None = None) -> tuple[An
     """The checkpoint at ``path``, rebuilt from the sandbox's description (tensors own their
     memory: nothing maps the file once this returns), and the file's size. ``check(path,
     fd)`` vets the file opened before a byte of it is read."""
-    pol = dataclasses.replace(policy.current(), pickle="sandbox", formats=())
+    with policy.overridden(API, **CONVERTING):
+        pol = policy.current()
     with loader.open_source(path) as src:
         if check is not None and src.fd is not None:
             check(path, src.fd)
