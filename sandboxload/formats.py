@@ -116,7 +116,7 @@ def _fast_names(f: IO[bytes], size: int) -> list[str] | None:
         return None
     try:
         return zipnames.names(fd, size)
-    except (OSError, struct.error, UnicodeError):
+    except (OSError, struct.error, UnicodeError, OverflowError):
         return None
 
 

@@ -33,22 +33,38 @@ def in_zip(zf: zipfile.ZipFile) -> str | None:
 
 
 def why(f: IO[bytes]) -> str | None:
-    """Why the ``.npy``/``.npz`` open as ``f`` (at its start) needs a pickle, or None."""
+    """Why the ``.npy`` or zip (``.npz``, or any zip: NumPy loads its ``.npy`` members) open
+    as ``f`` (at its start) needs a pickle, or None."""
+    is_npy = f.read(6) == b"\x93NUMPY"
+    f.seek(0)
+    what = "a NumPy file" if is_npy else "a zip"
     try:
-        import numpy  # noqa: F401
-    except ImportError:
-        return "it is a NumPy file and NumPy is not installed to check it for objects"
-    try:
-        if f.read(6) == b"\x93NUMPY":
-            f.seek(0)
+        if is_npy:
+            _numpy()
             found: Any = "" if _has_objects(f) else None
         else:
-            f.seek(0)
             with zipfile.ZipFile(f) as zf:
+                if not any(i.filename.endswith(".npy") for i in zf.infolist()):
+                    return None
+                _numpy()
                 found = in_zip(zf)
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        return f"it is a NumPy file that cannot be checked ({exc})"
+    except _NoNumpy:
+        return f"it is {what} holding NumPy arrays, and NumPy is not installed to check them"
+    except Exception as exc:  # hostile bytes raise many types: refused, and typed
+        problem = f"{type(exc).__name__}: {exc}"
+        return f"it is {what} that cannot be checked for pickled NumPy arrays ({problem})"
     if found is None:
         return None
     where = f" ({found})" if found else ""
     return f"it is a NumPy array of Python objects{where}, which NumPy pickles"
+
+
+class _NoNumpy(Exception):
+    pass
+
+
+def _numpy() -> None:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise _NoNumpy from None

@@ -13,11 +13,12 @@ import os
 import struct
 
 EOCD, EOCD64, LOCATOR, CENTRAL = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"PK\x01\x02"
+MAX_OFFSET = (1 << 62) - 1  # far beyond any file; an end record's offset may say anything
 MAX_CENTRAL = 256 << 20  # far beyond any checkpoint's directory (20,000 tensors: ~2 MB)
 
 
 def _read(fd: int, n: int, offset: int) -> bytes | None:
-    if n < 0 or offset < 0:
+    if n < 0 or not 0 <= offset <= MAX_OFFSET:  # pread takes a signed 64-bit offset
         return None
     data = os.pread(fd, n, offset)
     return data if len(data) == n else None

@@ -2,16 +2,17 @@
 
 A folder's configs, tokenizer files and NumPy arrays are copied as they are, so each is
 sniffed first, whatever its name: a torch checkpoint or TorchScript archive under another
-name (``ckpt.pth.tar``), a binary pickle (``model.pickle``), a NumPy array of Python objects
-(pickled inside ``.npy``/``.npz``) would otherwise reach the output, which promises none.
-(A protocol-0 pickle is text and cannot be told from text; the loaders still gate it.)
+name (``ckpt.pth.tar``), a pickle stream (``model.pickle``, with or without its protocol
+header, protocol-0 text too: :mod:`sandboxload.pickleprobe`), a NumPy array of Python objects
+(pickled inside a ``.npy``, or a member of any zip) would otherwise reach the output, which
+promises none.
 """
 
 from __future__ import annotations
 
 import os
 
-from .. import formats, numpyobjects
+from .. import formats, numpyobjects, pickleprobe
 from ..fileid import open_regular
 
 # Formats that hold a pickle stream, by their magic: never carried over.
@@ -34,11 +35,9 @@ def pickle_in(fd: int) -> str | None:
         fmt = formats.sniff(f)
         if fmt in PICKLED:
             return f"it is {formats.POLICY_NAME.get(fmt, fmt)} data (a pickle)"
-        f.seek(0)
-        head = f.read(2)
-        if fmt == formats.PICKLE and head[:1] == b"\x80":
-            return "it is a binary pickle"
-        if fmt == formats.NUMPY:
+        if fmt in (formats.NUMPY, formats.ZIP):  # any zip: .npy members are NumPy's to load
             f.seek(0)
             return numpyobjects.why(f)
+        if fmt in (formats.PICKLE, formats.UNKNOWN):
+            return pickleprobe.pickled_file(f, os.fstat(fd).st_size)
     return None

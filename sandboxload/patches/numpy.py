@@ -62,8 +62,8 @@ def _guarded_load(original: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(zf, zipfile.ZipFile):  # an NpzFile: its members are read lazily
             try:
                 member = numpyobjects.in_zip(zf)
-            except (ValueError, EOFError, OSError, zipfile.BadZipFile):
-                member = None  # NumPy's own read of that member will report it
+            except Exception:  # NumPy's own read of that member reports it
+                member = None
             if member is not None:
                 result.close()
                 refuse(PickleRefusedError(f"{_name(file)}[{member}]", "numpy", HOW_TO))
