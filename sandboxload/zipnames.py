@@ -32,15 +32,29 @@ def _directory(fd: int, size: int) -> tuple[int, int, int] | None:
     if tail is None or at < 0 or len(tail) - at < 22:
         return None
     count, cd_size, cd_offset = struct.unpack_from("<HII", tail, at + 10)
-    if count != 0xFFFF and 0xFFFFFFFF not in (cd_size, cd_offset):
-        return count, cd_size, cd_offset
-    loc = _read(fd, 20, size - tail_len + at - 20)
+    eocd_at = size - tail_len + at
+    loc = _read(fd, 20, eocd_at - 20)
     if loc is None or loc[:4] != LOCATOR:
-        return None
-    rec = _read(fd, 56, struct.unpack_from("<Q", loc, 8)[0])
+        if count == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
+            return None
+        return count, cd_size, cd_offset
+    # As torch (miniz) and zipfile read it: the zip64 record wins whenever its locator is
+    # there. A 32-bit field that is not the marker must agree with it, and the record must
+    # end where the locator starts (elsewhere the readers disagree on which one they read).
+    rec_offset = struct.unpack_from("<Q", loc, 8)[0]
+    rec = _read(fd, 56, rec_offset)
     if rec is None or rec[:4] != EOCD64:
         return None
-    return struct.unpack_from("<QQQ", rec, 32)
+    if rec_offset + 12 + struct.unpack_from("<Q", rec, 4)[0] != eocd_at - 20:
+        return None
+    found = struct.unpack_from("<QQQ", rec, 32)
+    for short, long, marker in zip((count, cd_size, cd_offset), found, _MARKERS, strict=True):
+        if short not in (marker, long):
+            return None
+    return found
+
+
+_MARKERS = (0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
 
 
 def names(fd: int, size: int) -> list[str] | None:

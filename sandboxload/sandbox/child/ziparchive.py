@@ -65,17 +65,31 @@ class ZipArchive:
         )
         if disk or cd_disk or n_disk != count:
             raise Malformed("multi-disk zip archives are not checkpoints")
-        if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):
-            eocd_at = self.size - tail_len + at
-            loc = _pread(self.pread, 20, eocd_at - 20)
-            if loc[:4] != EOCD64_LOCATOR:
+        eocd_at = self.size - tail_len + at
+        loc = _pread(self.pread, 20, eocd_at - 20) if eocd_at >= 20 else b""
+        if loc[:4] != EOCD64_LOCATOR:
+            if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):
                 raise Malformed("zip64 locator missing")
-            (rec_offset,) = struct.unpack_from("<Q", loc, 8)
-            rec = _pread(self.pread, 56, rec_offset)
-            if rec[:4] != EOCD64:
-                raise Malformed("zip64 end record missing")
-            count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
-        return count, cd_size, cd_offset
+            return count, cd_size, cd_offset
+        # torch's reader (miniz) takes the zip64 record whenever its locator is there, whatever
+        # the 32-bit record says: so does this one, and the two must agree where the 32-bit
+        # one holds a value (two directories in one file would be read differently otherwise).
+        (rec_offset,) = struct.unpack_from("<Q", loc, 8)
+        rec = _pread(self.pread, 56, rec_offset)
+        if rec[:4] != EOCD64:
+            raise Malformed("zip64 end record missing")
+        (rest,) = struct.unpack_from("<Q", rec, 4)
+        if rec_offset + 12 + rest != eocd_at - 20:
+            raise Malformed("the zip64 end record is not where the archive ends")
+        count64, cd_size64, cd_offset64 = struct.unpack_from("<QQQ", rec, 32)
+        for short, long, marker in (
+            (count, count64, 0xFFFF),
+            (cd_size, cd_size64, 0xFFFFFFFF),
+            (cd_offset, cd_offset64, 0xFFFFFFFF),
+        ):
+            if short not in (marker, long):
+                raise Malformed("the zip's two end records name different directories")
+        return count64, cd_size64, cd_offset64
 
     def _central(self, cd: bytes, count: int) -> list:
         entries = []

@@ -1,0 +1,228 @@
+"""Pickles a folder can hide from a check by their first bytes, and a zip that torch and
+sandboxload read as two different archives (found by the third attack review). Each attack is
+proven live without sandboxload first, then refused by ``convert``, ``scan`` or the load."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sandboxload
+from sandboxload.errors import CorruptCheckpointError
+from sandboxload.pickleprobe import pickled
+
+from .attacks import TECHNIQUES, payload
+from .helpers import Payload, run_cli, run_py
+
+
+def stripped(obj: object, protocol: int) -> bytes:
+    """A pickle without its PROTO header: ``pickle.load`` takes it all the same."""
+    data = pickle.dumps(obj, protocol)
+    assert data[:1] == b"\x80"
+    return data[2:]
+
+
+# --- the probe: what pickle.load would act on, whatever the first byte -------------------
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_the_probe_finds_payloads_of_every_protocol_with_or_without_header(
+    protocol: int, tmp_path: Path
+) -> None:
+    data = pickle.dumps(Payload(tmp_path / "c"), protocol)
+    forms = [data] if protocol < 2 else [data, stripped(Payload(tmp_path / "c"), protocol)]
+    for form in forms:
+        assert pickled(form, whole=True), form[:20]
+        assert pickled(form[: len(form) // 2], whole=False)  # the rest may come later
+
+
+@pytest.mark.parametrize("technique", sorted(TECHNIQUES))
+def test_the_probe_finds_every_technique(technique: str, tmp_path: Path) -> None:
+    assert pickled(payload(technique, tmp_path / "c"), whole=True), technique
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[PAD]\n[unused0]\nthe\n",
+        b'{"model_type": "bert"}',
+        b"# Model card\nIt is good.\n",
+        b"README text here.",
+        b"I am text\n",
+        b"config = 1\nsecond line\n",
+        b"",
+        bytes(range(256)) * 64,  # binary that is no pickle (a sentencepiece model, an image)
+    ],
+)
+def test_the_probe_passes_text_and_other_binaries(text: bytes) -> None:
+    assert pickled(text, whole=True) is None
+
+
+# --- convert and scan with such files beside the weights ----------------------------------
+
+
+def folder_with(tmp_path: Path, name: str, data: bytes) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    (model / name).write_bytes(data)
+    return model
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_pickle_without_its_header_is_not_carried_over_nor_passed(
+    tmp_path: Path, protocol: int
+) -> None:
+    canary = tmp_path / "CANARY"
+    data = stripped(Payload(canary), protocol)
+    pickle.loads(data)  # live: a consumer's pickle.load runs it
+    assert canary.exists()
+    canary.unlink()
+    model = folder_with(tmp_path, "vocab.pickle", data)
+    out = tmp_path / "out"
+    proc = run_cli("convert", str(model), "--out", str(out), timeout=600)
+    assert proc.returncode == 1 and "it is a pickle" in proc.stderr, proc.stderr
+    assert not out.exists() and not canary.exists()
+    proc = run_cli("scan", str(model), timeout=600)
+    assert proc.returncode == 1, proc.stdout
+    assert "vocab.pickle" in proc.stdout and "not named like a weight file" in proc.stdout
+    assert not canary.exists()
+
+
+def test_an_object_array_in_any_zip_is_not_carried_over(tmp_path: Path) -> None:
+    canary = tmp_path / "CANARY"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        with zf.open("vectors.npy", "w") as f:
+            np.save(f, np.array([Payload(canary)], dtype=object), allow_pickle=True)
+        zf.writestr("README", "vectors")
+    np.load(io.BytesIO(buf.getvalue()), allow_pickle=True)["vectors"]  # live
+    assert canary.exists()
+    canary.unlink()
+    model = folder_with(tmp_path, "embeddings.npz", buf.getvalue())
+    proc = run_cli("convert", str(model), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 1 and "vectors.npy" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not canary.exists()
+
+
+def npz_member_flag(flag_at: int, value: int) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, a=np.ones(3))
+    data = bytearray(buf.getvalue())
+    data[data.find(b"PK\x01\x02") + flag_at] = value
+    data[data.find(b"PK\x03\x04") + flag_at - 2] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("what", "data"),
+    [("encrypted", npz_member_flag(8, 1)), ("compression 99", npz_member_flag(10, 99))],
+)
+def test_an_npz_that_cannot_be_checked_is_refused_typed(
+    tmp_path: Path, what: str, data: bytes
+) -> None:
+    model = folder_with(tmp_path, "extra.npz", data)
+    proc = run_cli("convert", str(model), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 1, (what, proc.stderr)
+    assert "cannot be checked for pickled NumPy arrays" in proc.stderr and "Traceback" not in (
+        proc.stderr
+    ), (what, proc.stderr)
+
+
+def test_a_zip64_offset_past_any_file_is_a_typed_error(tmp_path: Path) -> None:
+    """An end record's zip64 locator pointing at 2**64 - 1 raised OverflowError in the
+    parent's sniff, at load time too."""
+    eocd = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, 2**32 - 1, 2**32 - 1, 0)
+    loc = b"PK\x06\x07" + struct.pack("<IQI", 0, 2**64 - 1, 1)
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 100 + loc + eocd)
+    with pytest.raises(sandboxload.SandboxLoadError):
+        sandboxload.load(path)
+
+
+# --- one file, two archives ---------------------------------------------------------------
+
+
+def _records(obj: object) -> list[tuple[str, bytes]]:
+    b = io.BytesIO()
+    torch.save(obj, b)
+    zf = zipfile.ZipFile(io.BytesIO(b.getvalue()))
+    return [(i.filename, zf.read(i)) for i in zf.infolist()]
+
+
+def _stored(records: list[tuple[str, bytes]], base: int) -> tuple[bytes, bytes]:
+    local = central = b""
+    for name, data in records:
+        n, crc, at = name.encode(), zlib.crc32(data), base + len(local)
+        local += b"PK\x03\x04" + struct.pack(
+            "<5H3I2H", 20, 0, 0, 0, 0, crc, len(data), len(data), len(n), 0
+        )
+        local += n + data
+        central += b"PK\x01\x02" + struct.pack(
+            "<6H3I5H2I", 20, 20, 0, 0, 0, 0, crc, len(data), len(data), len(n), 0, 0, 0, 0, 0, at
+        )
+        central += n
+    return local, central
+
+
+def two_archives(for_zip64: object, for_eocd: object, marker_count: bool) -> bytes:
+    """The zip64 end record names one archive's directory, the 32-bit one another's."""
+    a, b = _records(for_zip64), _records(for_eocd)
+    assert len(a) == len(b)
+    loc_a, cd_a = _stored(a, 0)
+    loc_b, cd_b = _stored(b, len(loc_a))
+    body = loc_a + loc_b
+    off_a = len(body)
+    body += cd_a
+    off_b = len(body)
+    body += cd_b
+    off64 = len(body)
+    body += b"PK\x06\x06" + struct.pack(
+        "<QHHIIQQQQ", 44, 45, 45, 0, 0, len(a), len(a), len(cd_a), off_a
+    )
+    body += b"PK\x06\x07" + struct.pack("<IQI", 0, off64, 1)
+    count = 0xFFFF if marker_count else len(b)
+    body += b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, count, count, len(cd_b), off_b, 0)
+    return body
+
+
+@pytest.mark.parametrize("marker_count", [True, False])
+def test_a_zip_with_two_directories_is_refused(tmp_path: Path, marker_count: bool) -> None:
+    """torch (miniz) reads the zip64 record whenever its locator is there; sandboxload read
+    the 32-bit one unless it held a marker: scan vouched for zeros, torch loaded sevens."""
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(
+        two_archives({"w": torch.full((2,), 7.0)}, {"w": torch.zeros(2)}, marker_count)
+    )
+    code = f"import torch; print(torch.load({str(path)!r}, weights_only=True)['w'].tolist())"
+    proc = run_py(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[7.0, 7.0]", proc.stderr  # live
+    with pytest.raises(CorruptCheckpointError, match="two end records"):
+        sandboxload.load(path)
+    proc = run_cli("scan", str(path), timeout=600)
+    assert proc.returncode == 1 and "two end records" in proc.stdout, proc.stdout
+
+
+def test_a_payload_archive_behind_a_data_archive_is_refused(tmp_path: Path) -> None:
+    """The same trick with a payload where torch reads (``weights_only=False``, as dcp reads
+    non-tensor values and older code reads everything)."""
+    canary = tmp_path / "CANARY"
+    path = tmp_path / "record.pt"
+    data = two_archives({"x": Payload(canary)}, {"x": "hello"}, marker_count=True)
+    path.write_bytes(data)
+    proc = run_py(f"import torch; torch.load({str(path)!r}, weights_only=False)")
+    assert proc.returncode == 0 and canary.exists(), proc.stderr  # live
+    canary.unlink()
+    with pytest.raises(CorruptCheckpointError):
+        sandboxload.load(path)
+    assert not canary.exists()
+    assert os.path.getsize(path) == len(data)
