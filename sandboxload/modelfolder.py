@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelFolderError
+from .fileid import open_regular
 from .refusals import refuse
 
 # The resolved local folder the outermost user-facing call in progress loads from.
@@ -231,20 +233,54 @@ def is_dcp_file(path: str) -> bool:
     return path.endswith(DCP_DATA_SUFFIX) or is_dcp_metadata(path)
 
 
-def weight_files(paths: Iterable[str]) -> list[str]:
-    """The files named, and every weight file (by suffix) below the directories named."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _dirs, files in os.walk(p):
-                out += [
-                    os.path.join(root, f)
-                    for f in files
-                    if f.endswith(WEIGHT_SUFFIXES) or is_dcp_file(f)
-                ]
-        else:
-            out.append(p)
-    return sorted(set(out))
+INDEX_SUFFIX = ".index.json"  # a shard index: its weight_map names the files a load opens
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """What a load below some paths can open, as ``pin`` and ``verify`` find it."""
+
+    files: list[str]  # normalized paths, sorted
+    linked_dirs: list[str]  # directory links below a directory named: not followed
+    unread_indexes: list[tuple[str, str]]  # (index, why its weight_map cannot be read)
+
+
+def weight_files(paths: Sequence[str]) -> WeightFiles:
+    """The files named; every weight file (by suffix) below the directories named; every
+    file an index among those names (inside its folder, whatever its suffix: a load opens
+    it). Linked directories below are not followed but listed (a walk that passed them
+    silently would miss what a load reaches through them)."""
+    named = {os.path.normpath(p) for p in paths if not os.path.isdir(p)}
+    found = set(named)
+    links: list[str] = []
+    for p in filter(os.path.isdir, paths):
+        for root, dirs, files in os.walk(p):
+            links += [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]
+            found.update(
+                os.path.normpath(os.path.join(root, f))
+                for f in files
+                if f.endswith((*WEIGHT_SUFFIXES, INDEX_SUFFIX)) or is_dcp_file(f)
+            )
+    unread: list[tuple[str, str]] = []
+    for index in sorted(f for f in found if f.endswith(INDEX_SUFFIX)):
+        try:
+            found.update(_index_targets(index))
+        except (OSError, ValueError) as exc:
+            unread.append((index, str(exc)))
+    files = sorted(f for f in found if not f.endswith(INDEX_SUFFIX) or f in named)
+    return WeightFiles(files, sorted(map(os.path.normpath, links)), unread)
+
+
+def _index_targets(index: str) -> list[str]:
+    """The files ``index`` names that exist, inside its folder (a load refuses the others)."""
+    fd = open_regular(index)
+    try:
+        shards = set(weight_map(fd).values())
+    finally:
+        os.close(fd)
+    base = os.path.dirname(index)
+    targets = (os.path.normpath(os.path.join(base, s)) for s in shards if inside(base, s))
+    return [t for t in targets if os.path.lexists(t) and not os.path.isdir(t)]
 
 
 MAX_INDEX = 64 << 20  # a shard index larger than this is not read

@@ -1,12 +1,13 @@
 """Hash pinning: every weight file must match a manifest of SHA-256 digests.
 
 The manifest is ``sha256sum`` output (``<hex>  <path>``, ``*`` for binary mode allowed), paths
-relative to the manifest. The digest is computed from the very descriptor that is then
-loaded (no window to swap the file between check and use), and kept per file identity
-(device, inode, size, mtime, ctime), so a server that reloads an unchanged file does not
-hash it again. A file inside a Hugging Face cache is checked against its own blob name,
-manifest or not: ``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the git
-blob id of a file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
+relative to the manifest, each listed once, each name one line of UTF-8 text (pin refuses any
+other name; a manifest listing a path twice is refused). The digest is computed from the very
+descriptor that is then loaded (no window to swap the file between check and use), and kept per
+file identity (device, inode, size, mtime, ctime), so a server that reloads an unchanged file
+does not hash it again. A file inside a Hugging Face cache is checked against its own blob
+name, manifest or not: ``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the
+git blob id of a file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
 
 A pin is a statement about a path: bytes are checked against the entry of the file they were
 read from (see :mod:`origins`), never against "any digest in the manifest".
@@ -14,9 +15,11 @@ read from (see :mod:`origins`), never against "any digest in the manifest".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +27,7 @@ from functools import lru_cache
 from .errors import HashMismatchError, PolicyError, UnknownOriginError, UnpinnedFileError
 from .fileid import LRU, identity, open_regular
 from .modelfolder import resolved_dir
+from .wording import shown
 
 _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _BLOB = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}")
@@ -37,33 +41,49 @@ Progress = Callable[[int], object]  # called with the number of bytes just hashe
 @dataclass(frozen=True)
 class Manifest:
     path: str
-    by_path: dict[str, str]  # absolute path (as listed, and with its folders resolved) -> digest
+    listed: dict[str, str]  # absolute path as listed -> digest (each path once)
+    by_path: dict[str, str]  # the same, and each also with its folders resolved -> digest
 
 
 @lru_cache(maxsize=4)
 def _load(path: str, stamp: tuple[int, int, int]) -> Manifest:
     base = os.path.dirname(os.path.abspath(path))
-    by_path: dict[str, str] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise PolicyError(
             f"SANDBOXLOAD_MANIFEST={path!r}: cannot read the manifest ({exc.strerror})"
         ) from exc
-    for number, line in enumerate(lines, 1):
+    listed: dict[str, str] = {}
+    where: dict[str, int] = {}
+    # Lines end at "\n" only, as sha256sum reads them ("\r\n" too); a name may hold any
+    # other character str.splitlines would split at.
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise PolicyError(f"manifest {path!r} line {number} is not UTF-8 text") from None
         if not line.strip() or line.startswith("#"):
             continue
-        m = _LINE.fullmatch(line.rstrip("\n"))
+        m = _LINE.fullmatch(line)
         if m is None:
             raise PolicyError(
                 f"manifest {path!r} line {number} is not '<sha256>  <path>' (sha256sum output)"
             )
         digest, name = m.group(1).lower(), m.group(2)
         full = os.path.normpath(os.path.join(base, name))
-        by_path[full] = digest
+        if full in listed:
+            raise PolicyError(
+                f"manifest {path!r} lists {shown(full)!r} twice (lines {where[full]} and "
+                f"{number}): which pin would hold is ambiguous, so none does. A manifest "
+                "names each file once; write it again with `sandboxload pin`"
+            )
+        listed[full], where[full] = digest, number
+    by_path = dict(listed)
+    for full, digest in listed.items():
         by_path.setdefault(resolved_dir(full), digest)
-    return Manifest(path, by_path)
+    return Manifest(path, listed, by_path)
 
 
 def manifest(path: str) -> Manifest:
@@ -198,17 +218,62 @@ def hf_blob_digest(path: str) -> str | None:
     return None
 
 
+# Where str.splitlines ends a line: a name holding one would start another manifest line.
+LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def manifest_name(path: str, base: str) -> str:
+    """The name a manifest in the folder ``base`` gives ``path``: one line of UTF-8 text, or
+    a PolicyError saying why it cannot be (a line break in it would forge another pin)."""
+    name = os.path.relpath(os.path.abspath(path), base)
+    breaks = sorted({c for c in name if c in LINE_BREAKS})
+    if breaks:
+        which = ", ".join(shown(c) for c in breaks)
+        raise PolicyError(
+            f"refused {shown(path)}: its name holds a line break ({which}), which would start "
+            "another line of the manifest (a forged pin); rename it. Nothing was written"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(
+            f"refused {shown(path)}: its name is not valid UTF-8, which a manifest (UTF-8 "
+            "text) cannot hold; rename it. Nothing was written"
+        ) from None
+    return name
+
+
 def write_manifest(paths: list[str], out: str, progress: Progress | None = None) -> None:
     """``sha256sum``-style manifest of ``paths``, relative to ``out``'s folder (``progress``:
-    as for :func:`digest_fd`, over all of them)."""
+    as for :func:`digest_fd`, over all of them). Every name is checked before anything is
+    hashed; ``out`` is replaced whole, or left as it was on any error."""
     base = os.path.dirname(os.path.abspath(out))
+    names = {manifest_name(p, base): p for p in paths}  # one line per name
     lines = []
-    for p in sorted(paths):
+    for name, p in sorted(names.items()):
         fd = open_regular(p)
         try:
-            digest = digest_fd(fd, progress)
-            lines.append(f"{digest}  {os.path.relpath(os.path.abspath(p), base)}")
+            lines.append(f"{digest_fd(fd, progress)}  {name}\n")
         finally:
             os.close(fd)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    _replace(out, "".join(lines).encode("utf-8"))
+
+
+def _replace(out: str, data: bytes) -> None:
+    """Write ``out`` atomically: a new file beside it, synced, renamed over it."""
+    folder, base = os.path.split(os.path.abspath(out))
+    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

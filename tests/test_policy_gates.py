@@ -3,6 +3,9 @@ one policy file for everything; each through the real loaders."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import re
@@ -18,8 +21,10 @@ from sandboxload.errors import (
     CorruptCheckpointError,
     FormatNotAllowedError,
     HashMismatchError,
+    PolicyError,
     UnpinnedFileError,
 )
+from sandboxload.wording import shown
 
 from .helpers import (
     PY,
@@ -379,3 +384,143 @@ def test_torch_safe_globals_admit_plain_data_classes_only(
     with torch.serialization.safe_globals([touch]), pytest.raises(UnsafeGlobalError):
         torch.load(evil)
     assert not canary.exists()
+
+
+def test_verify_compares_every_entry_even_of_one_real_file(tmp_path: Path) -> None:
+    """A pinned weight file replaced by a link to another pinned file: verify checked each
+    real file once and skipped the second name, so the swap passed."""
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    torch.save({"w": torch.full((2,), 9.0)}, model / "another.bin")
+    manifest = tmp_path / "SUMS"
+    assert run_cli("pin", "--manifest", str(manifest), str(model)).returncode == 0
+    (model / "pytorch_model.bin").unlink()
+    (model / "pytorch_model.bin").symlink_to("another.bin")
+    proc = run_cli("verify", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 1, proc.stdout
+    assert f"MISMATCH  {model / 'pytorch_model.bin'}" in proc.stdout
+    assert f"OK  {model / 'another.bin'}" in proc.stdout
+
+
+BREAKS = ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("brk", BREAKS, ids=[f"U+{ord(b):04X}" for b in BREAKS])
+def test_pin_refuses_a_name_that_would_start_another_manifest_line(
+    tmp_path: Path, brk: str
+) -> None:
+    """The attack: a directory named ``z<break><sha256>  m`` made pin write a second line
+    pinning m/pytorch_model.bin to the attacker's digest (the last duplicate won), so after a
+    weight swap verify passed and a load under the manifest returned the attacker's weights."""
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    forged = model / f"z{brk}{'ab' * 32}  m"
+    forged.mkdir()
+    (forged / "pytorch_model.bin").write_bytes(b"x")
+    manifest = tmp_path / "SUMS"
+    manifest.write_text("kept as it was\n")
+    proc = run_cli("pin", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 2, proc.stdout
+    assert "line break" in proc.stderr and shown(str(forged)) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert manifest.read_text() == "kept as it was\n"
+
+
+def test_a_manifest_listing_a_path_twice_is_refused(
+    sandboxed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest is attacker-adjacent input: a path listed twice (the last one won) is a
+    policy error for verify and for loads alike, naming the manifest and the path."""
+    model = tmp_path / "m"
+    model.mkdir()
+    weights = model / "pytorch_model.bin"
+    torch.save({"w": torch.ones(2)}, weights)
+    evil = io.BytesIO()
+    torch.save({"w": torch.full((2,), 666.0)}, evil)
+    manifest = tmp_path / "SUMS"
+    assert run_cli("pin", "--manifest", str(manifest), str(model)).returncode == 0
+    forged = f"{hashlib.sha256(evil.getvalue()).hexdigest()}  ./m//pytorch_model.bin\n"
+    manifest.write_text(manifest.read_text() + forged)
+    weights.write_bytes(evil.getvalue())
+    proc = run_cli("verify", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 2 and "OK" not in proc.stdout, proc.stdout
+    assert str(manifest) in proc.stderr and "twice" in proc.stderr, proc.stderr
+    assert "m/pytorch_model.bin" in proc.stderr
+    monkeypatch.setenv("SANDBOXLOAD_MANIFEST", str(manifest))
+    with pytest.raises(PolicyError, match="twice"):
+        torch.load(weights)
+
+
+def test_verify_reports_linked_directories_and_index_targets(tmp_path: Path) -> None:
+    """verify PATH looked for unlisted weight files by suffix, walking no link: a linked
+    directory added after pinning and a shard an index names without a weight suffix passed.
+    pin pins what a load opens: every file an index names, whatever its suffix."""
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"a": torch.ones(2)}, model / "pytorch_model-00001-of-00001.bin")
+    index = model / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00001.bin"}}))
+    manifest = tmp_path / "SUMS"
+    assert run_cli("pin", "--manifest", str(manifest), str(model)).returncode == 0
+    (tmp_path / "elsewhere").mkdir()
+    torch.save({"w": torch.ones(1)}, tmp_path / "elsewhere" / "pytorch_model.bin")
+    (model / "2_Dense").symlink_to("../elsewhere")
+    proc = run_cli("verify", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 1 and f"LINKED   {model / '2_Dense'}" in proc.stdout, proc.stdout
+    (model / "2_Dense").unlink()
+    torch.save({"a": torch.ones(2)}, model / "shard.data")
+    index.write_text(json.dumps({"weight_map": {"a": "shard.data"}}))
+    proc = run_cli("verify", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 1 and f"UNPINNED {model / 'shard.data'}" in proc.stdout
+    proc = run_cli("pin", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 0 and "  m/shard.data\n" in manifest.read_text(), proc.stderr
+    assert run_cli("verify", "--manifest", str(manifest), str(model)).returncode == 0
+    (model / "2_Dense").symlink_to("../elsewhere")  # pin says what it did not follow
+    proc = run_cli("pin", "--manifest", str(manifest), str(model))
+    assert proc.returncode == 0 and f"{model / '2_Dense'}" in proc.stderr, proc.stderr
+
+
+def test_names_that_are_not_utf8_or_hold_control_characters(tmp_path: Path) -> None:
+    """A weight file name that is not UTF-8: re-pinning died with a traceback after
+    truncating the manifest; verify died printing it where stdout is strict UTF-8. Names
+    are printed escaped, and the manifest is replaced whole or not at all."""
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save({"w": torch.ones(2)}, model / "pytorch_model.bin")
+    torch.save({"w": torch.ones(2)}, model / "\x1b[2Jx.bin")  # a valid name, printed escaped
+    manifest = tmp_path / "SUMS"
+    assert run_cli("pin", "--manifest", str(manifest), str(model)).returncode == 0
+    pinned = manifest.read_bytes()
+    strict = clean_env(PYTHONIOENCODING="utf-8")
+    proc = run_cli("verify", "--manifest", str(manifest), str(model), env=strict)
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout
+    assert f"OK  {model}/\\x1b[2Jx.bin" in proc.stdout, proc.stdout
+    odd = os.fsencode(model) + b"/\xff.bin"
+    with open(odd, "wb") as f:
+        torch.save({"w": torch.ones(2)}, f)
+    proc = run_cli("verify", "--manifest", str(manifest), str(model), env=strict)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"UNPINNED {model}/\\udcff.bin" in proc.stdout, proc.stdout
+    proc = run_cli("pin", "--manifest", str(manifest), str(model), env=strict)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not valid UTF-8" in proc.stderr and "\\udcff.bin" in proc.stderr
+    assert manifest.read_bytes() == pinned
+
+
+def test_a_failed_write_leaves_the_old_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"weights")
+    manifest = tmp_path / "SUMS"
+    manifest.write_text("old\n")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pinning.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        pinning.write_manifest([str(weights)], str(manifest))
+    assert manifest.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [manifest, weights]
