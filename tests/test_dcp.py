@@ -248,10 +248,14 @@ def test_a_data_file_outside_the_checkpoint_is_refused(
     )
     proc = run_py(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "42", proc.stderr[-2000:]
-    with pytest.raises(CorruptCheckpointError, match=r"(leaves|leads outside) the checkpoint"):
+    says = r"(leaves|leads outside) the checkpoint|as a data file"
+    with pytest.raises(CorruptCheckpointError, match=says):
         load(ck, small=True)
-    with pytest.raises(CorruptCheckpointError, match=r"(leaves|leads outside) the checkpoint"):
+    with pytest.raises(CorruptCheckpointError, match=says):
         FileSystemReader(str(ck)).read_metadata()
+    code, rows = scan_rows(ck)  # the metadata's own row, by the same rule
+    row = rows[str(ck / ".metadata")]  # (a linked directory is an error row of its own: 2)
+    assert code in (1, 2) and row["verdict"] == "refused" and re.search(says, row["detail"]), row
 
 
 def test_loading_selected_keys_does_not_swallow_a_refusal(tmp_path: Path, sandboxed: None) -> None:
@@ -408,6 +412,91 @@ def test_pickle_policies_apply(tmp_path: Path) -> None:
     assert allowed.returncode == 0 and allowed.stdout.strip() == "1", allowed.stderr[-2000:]
     entry = next(e for e in audited(log) if e["file"] == str(ck / ".metadata"))
     assert (entry["route"], entry["decision"]) == ("in-process-pickle", "allowed")
+
+
+def record_outside_data_files(ck: Path, where: str, canary: Path) -> None:
+    """The value ``extra`` stored as a text (protocol-0) pickle in ``where``: another file of
+    the folder, or ``.metadata`` itself, after its own STOP."""
+    evil = b"cos\nsystem\n(S'touch " + str(canary).encode() + b"'\ntR."
+    meta = plain_metadata(ck)
+    (key,) = [k for k in meta.storage_data if k.fqn == "extra"]
+    if where != ".metadata":
+        (ck / where).write_bytes(evil)
+        meta.storage_data[key] = _StorageInfo(where, 0, len(evil))
+        write_metadata(ck, meta)
+        return
+    offset = 0
+    while True:  # the record starts at the metadata's own end
+        meta.storage_data[key] = _StorageInfo(where, offset, len(evil))
+        body = pickle.dumps(meta)
+        if len(body) == offset:
+            break
+        offset = len(body)
+    (ck / ".metadata").write_bytes(body + evil)
+
+
+@pytest.mark.parametrize("where", [".metadata", "NOTES.md"])
+def test_a_record_outside_a_distcp_file_is_refused(
+    tmp_path: Path, sandboxed: None, where: str
+) -> None:
+    """From an attack review of scan: records were checked only in ``*.distcp`` files, so a
+    record in ``.metadata`` (after its STOP) or in a text file passed scan, and dcp.load
+    without sandboxload ran it. dcp writes records only to ``__<rank>_<n>.distcp``."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3), "extra": "hello"})
+    canary = tmp_path / "CANARY"
+    record_outside_data_files(ck, where, canary)
+    code = (
+        "import warnings; warnings.simplefilter('ignore'); import torch, "
+        "torch.distributed.checkpoint as dcp\ntry:\n dcp.load({'w': torch.zeros(3), "
+        f"'extra': 'x'}}, checkpoint_id={str(ck)!r})\nexcept BaseException: pass"
+    )
+    proc = run_py(code)
+    assert proc.returncode == 0 and canary.exists(), proc.stderr[-2000:]
+    canary.unlink()
+    with pytest.raises(CorruptCheckpointError, match=rf"names {re.escape(repr(where))} as a data"):
+        dcp.load({"w": torch.zeros(3), "extra": "x"}, checkpoint_id=str(ck))
+    code, rows = scan_rows(ck)
+    assert code == 1
+    row = rows[str(ck / ".metadata")]
+    assert row["verdict"] == "refused" and "as a data file" in row["detail"], row
+    assert row["rule"] == "weights-refused"  # the rule of any bad metadata
+    assert rows[str(ck / "__0_0.distcp")]["verdict"] == "refused"
+    assert not canary.exists()
+
+
+def test_scan_parses_a_record_named_many_times_once(tmp_path: Path) -> None:
+    """From an attack review: a metadata naming one record 300 times cost scan 300 sandbox
+    round trips (5,000: 130 s). Identical records count once; records that overlap
+    partially are not what dcp writes, and are refused by scan and at run time alike."""
+    ck = save(tmp_path / "ck", {"w": torch.ones(3)})
+    meta = plain_metadata(ck)
+    ((_key, info),) = meta.storage_data.items()
+    for i in range(300):
+        meta.storage_data[metadata.MetadataIndex("w", Size([i + 1]))] = info
+    write_metadata(ck, meta)
+    code, rows = scan_rows(ck)
+    assert code == 0, rows
+    assert "dcp data: 1 record," in rows[str(ck / "__0_0.distcp")]["detail"]
+    assert "1 record in 1 data file" in rows[str(ck / ".metadata")]["detail"]
+    load_w = (
+        "import warnings; warnings.simplefilter('ignore'); import sandboxload; "
+        "sandboxload.activate(); import torch, torch.distributed.checkpoint as dcp; "
+        f"sd = {{'w': torch.zeros(3)}}; dcp.load(sd, checkpoint_id={str(ck)!r}); "
+        "print(int(sd['w'].sum()))"
+    )
+    proc = run_py(load_w)  # duplicates load at run time too
+    assert proc.returncode == 0 and proc.stdout.strip() == "3", proc.stderr[-2000:]
+    shifted = _StorageInfo(info.relative_path, info.offset + 1, info.length)
+    meta.storage_data[metadata.MetadataIndex("w", Size([0]))] = shifted
+    write_metadata(ck, meta)
+    code, rows = scan_rows(ck)
+    assert code == 1
+    for name in (".metadata", "__0_0.distcp"):
+        row = rows[str(ck / name)]
+        assert row["verdict"] == "refused" and "overlap" in row["detail"], row
+    says = "two records of '__0_0.distcp' overlap"
+    proc = run_py(load_w)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
 
 
 def byte_record_payload(ck: Path, canary: Path) -> None:

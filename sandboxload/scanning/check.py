@@ -30,7 +30,6 @@ from ..conversion.content import pickle_in
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
 from ..modelfolder import DCP_DATA_SUFFIX, is_dcp_metadata, link_outside, opened_as
-from ..sandbox.protocol import READ_DCP
 from ..wording import count
 from . import distcp, units
 from .units import CODE, CONFIG, CUSTOM_GENERATE, DIR_LINK, INDEX, OTHER, UNLISTED, Unit
@@ -243,9 +242,9 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
 
         header = read_header(a.src.fd, a.src.name)
         return OK, f"valid header, {count(len(header.tensors), 'tensor')}"
+    if is_dcp_metadata(a.src.name):
+        return _dcp_metadata(a)
     reader = a.route.reader or formats.READER.get(a.fmt)
-    if a.route.name == routes.IN_PROCESS and is_dcp_metadata(a.src.name):
-        reader = READ_DCP  # what the sandbox would read it as: still checked for data
     if a.route.name == routes.IN_PROCESS and reader is None:
         return UNSAFE, f"pickle=allow hands this {a.fmt} file to torch's own loader in-process"
     assert reader is not None
@@ -257,6 +256,25 @@ def _check(a: loader.Admitted) -> tuple[str, str]:
         raise
     where = "in-process (pickle=allow)" if a.route.name == routes.IN_PROCESS else "the sandbox"
     return OK, f"pickle with only data: {count(storages, 'storage')} (loads through {where})"
+
+
+def _dcp_metadata(a: loader.Admitted) -> tuple[str, str]:
+    """A dcp ``.metadata``: parsed in the sandbox into dcp's records, then checked against
+    its folder by the run-time rule (which applies under ``pickle=allow`` too)."""
+    in_process = a.route.name == routes.IN_PROCESS
+    try:
+        meta = distcp.parsed(a)
+    except SandboxLoadError as exc:
+        if in_process:
+            return UNSAFE, f"pickle=allow would load it in-process: {type(exc).__name__}: {exc}"
+        raise
+    files = distcp.in_folder(meta, a.src.name)
+    where = "in-process (pickle=allow)" if in_process else "the sandbox"
+    records = sum(len(r) for r in files.values())
+    return OK, (
+        f"dcp metadata with only data: {count(records, 'record')} in "
+        f"{count(len(files), 'data file')} of the folder (loads through {where})"
+    )
 
 
 _importing = threading.Lock()

@@ -3,25 +3,43 @@ reads it.
 
 A ``.distcp`` file is not one checkpoint: it is ``torch.save`` records back to back, at the
 offsets its folder's ``.metadata`` names (parsed as dcp reads it: in the sandbox, into dcp's
-own records). Each record named for this file is parsed in the sandbox like the
-``torch.load`` dcp makes of it. Bytes no record names are never loaded by dcp, so they are
-not judged.
+own records, then checked against the folder by the run-time rule,
+:func:`sandboxload.dcpfolder.check_metadata`). Each distinct record named for this file is
+parsed in the sandbox like the ``torch.load`` dcp makes of it (a record named many times is
+parsed once). Bytes no record names are never loaded by dcp, so they are not judged.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from .. import formats, loader, pinning, policy, routes
+from .. import dcpfolder, formats, loader, pinning, policy, routes
 from ..errors import CorruptCheckpointError
 from ..fileid import open_regular
 from ..sandbox.protocol import READ_DCP
 from ..wording import count
 
 
+def parsed(a: loader.Admitted) -> Any:
+    """The admitted (routed, pinned) ``.metadata`` parsed in the sandbox into dcp's records,
+    whatever the pickle policy: scan never unpickles."""
+    if a.route.name != routes.SANDBOX:  # pickle=allow
+        a.route = routes.Route(routes.SANDBOX, "scan", reader=READ_DCP)
+    return loader.sandboxed(a, None, None)
+
+
+def in_folder(meta: Any, name: str) -> dict[str, list[tuple[int, int]]]:
+    """``meta`` (read from ``name``) checked against its folder as dcp's patched reader
+    checks it; its data files and their distinct records."""
+    with dcpfolder.reading(os.path.dirname(os.path.abspath(name))):
+        dcpfolder.check_metadata(meta, name)
+    return dcpfolder.data_files(meta, name)
+
+
 def records(path: str, pol: policy.Policy) -> list[tuple[int, int]]:
-    """(offset, length) of each record the folder's ``.metadata`` names in
-    ``path``; a refusal of the metadata is raised as it is."""
+    """The distinct (offset, length) of the records the folder's ``.metadata`` names in
+    ``path``, in order; a refusal of the metadata is raised as it is."""
     meta_path = os.path.join(os.path.dirname(path), ".metadata")
     if not os.path.lexists(meta_path):
         raise CorruptCheckpointError(
@@ -32,18 +50,10 @@ def records(path: str, pol: policy.Policy) -> list[tuple[int, int]]:
         if a.route.refused:
             raise a.route.refusal(meta_path)
         loader.pin(a)
-        if a.route.name != routes.SANDBOX:  # pickle=allow: scan still never unpickles
-            a.route = routes.Route(routes.SANDBOX, "scan", reader=READ_DCP)
-        meta = loader.sandboxed(a, None, None)
-    name = os.path.basename(path)
-    found = [
-        (info.offset, info.length)
-        for info in (meta.storage_data or {}).values()
-        if info.relative_path == name
-    ]
+        found = in_folder(parsed(a), meta_path).get(os.path.basename(path))
     if not found:
         raise CorruptCheckpointError(path, f"{meta_path} names no record in this file")
-    return sorted(found)
+    return found
 
 
 def check(path: str, pol: policy.Policy) -> str:
