@@ -665,3 +665,74 @@ def test_f6_names_cannot_forge_rows_nor_the_summary(tmp_path: Path, canary: Path
     assert len(lines) == 3 and "\x1b" not in proc.stdout and "\r" not in proc.stdout
     assert lines[1].startswith("REFUSED ") and "\\r" in lines[1] and "\\x1b" in lines[1]
     assert re.fullmatch(r"scanned 2 files \([\d.]+ KB\): 1 ok, 1 refused", lines[2]), lines
+
+
+def _scan_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxload", "scan", *args],
+        env=clean_env(),
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def test_names_that_are_not_utf8_are_escaped_in_every_output(tmp_path: Path, canary: Path) -> None:
+    """From an attack review: a name that is not UTF-8 (``README\\xff.md``) crashed scan
+    (UnicodeEncodeError hashing it for --shard, then in SARIF's URI). Every output names it:
+    text and JSON as ``\\udcff`` (strict UTF-8, valid JSON), SARIF's URI as ``%FF``."""
+    model = os.fsencode(tmp_path / "model")
+    os.mkdir(model)
+    safetensors.torch.save_file(state_dict(1), os.fsdecode(model + b"/model.safetensors"))
+    with open(model + b"/README\xff.md", "wb") as f:
+        f.write(b"hello")
+    torch.save({"x": Payload(canary)}, os.fsdecode(model + b"/evil\xff.bin"))
+    evil = os.fsdecode(model) + "/evil\\udcff.bin"  # as escaped in every output
+    text = _scan_bytes(os.fsdecode(model))
+    assert text.returncode == 1, text.stderr[-2000:]
+    out = text.stdout.decode("utf-8")  # strict
+    assert f"REFUSED  torch-zip    {evil}: " in out and "scanned 3 files" in out, out
+    lines = _scan_bytes("--json", "--shard", "0/1", os.fsdecode(model))
+    assert lines.returncode == 1, lines.stderr[-2000:]
+    found = [json.loads(x.decode("utf-8")) for x in lines.stdout.splitlines()]
+    (row,) = [r for r in found if r["verdict"] != "ok"]
+    assert row["file"] == evil and row["verdict"] == "refused"
+    assert json.dumps(row, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
+    log = _scan_bytes("--sarif", os.fsdecode(model))
+    assert log.returncode == 1, log.stderr[-2000:]
+    doc = json.loads(log.stdout.decode("utf-8"))
+    (result,) = doc["runs"][0]["results"]
+    uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri.endswith("/evil%FF.bin"), uri
+    assert json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_scanned_whole(
+    tmp_path: Path, canary: Path
+) -> None:
+    """From an attack review: 1,100 nested directories raised RecursionError in os.walk and
+    stopped the scan of the whole mirror. Every file is still scanned and reported: the one
+    at the top, and a payload at the bottom."""
+    model = tmp_path / "model"
+    model.mkdir()
+    safetensors.torch.save_file(state_dict(1), str(model / "model.safetensors"))
+    fd = os.open(model, os.O_RDONLY)
+    try:
+        for _ in range(1100):  # relative to a descriptor: no path is ever that long here
+            os.mkdir("a", dir_fd=fd)
+            deeper = os.open("a", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        with open(os.open("evil.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            torch.save({"x": Payload(canary)}, f)
+    finally:
+        os.close(fd)
+    try:
+        proc = scan("--json", str(model))
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        got = {r["file"]: r["verdict"] for r in rows(proc)}
+        assert got == {
+            str(model / "model.safetensors"): "ok",
+            str(model / ("a/" * 1100 + "evil.bin")): "refused",
+        }
+    finally:  # shutil.rmtree (pytest's clean-up) recurses too
+        subprocess.run(["rm", "-rf", str(model / "a")], check=True)

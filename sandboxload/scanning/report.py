@@ -7,13 +7,30 @@ Exit status: 0 every row ok, 1 something refused or unsafe, 2 something could no
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
+from typing import Any
 
 from ..wording import count, shown
 from .check import ERROR, OK, REFUSED, UNSAFE, Row
 from .units import Unit
 
 VERDICTS = (OK, REFUSED, UNSAFE, ERROR)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(value: Any) -> Any:
+    """``value`` (a string, or a list or dict of them) as valid Unicode for JSON: a file name
+    that is not UTF-8 holds lone surrogates (Python's ``surrogateescape``: byte 0xff is
+    U+DCFF), which strict JSON readers reject; each is written as its escape, ``\\udcff``, as
+    :func:`sandboxload.wording.shown` writes it in text."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if isinstance(value, list):
+        return [utf8(v) for v in value]
+    if isinstance(value, dict):
+        return {k: utf8(v) for k, v in value.items()}
+    return value
 
 
 def text_line(row: Row) -> str:
@@ -24,7 +41,7 @@ def text_line(row: Row) -> str:
 
 
 def json_line(row: Row) -> str:
-    return json.dumps(row.as_dict(), sort_keys=True)
+    return json.dumps(utf8(row.as_dict()), sort_keys=True)
 
 
 def summary(units: list[Unit], rows: list[Row]) -> str:

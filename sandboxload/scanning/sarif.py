@@ -27,6 +27,7 @@ from .check import (
     WEIGHTS_UNSAFE,
     Row,
 )
+from .report import utf8
 
 SCHEMA = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -104,12 +105,13 @@ def _result(row: Row, ids: list[str]) -> dict[str, Any]:
         "ruleId": row.rule,
         "ruleIndex": ids.index(row.rule),
         "level": _LEVEL[row.verdict],
-        "message": {"text": f"{row.verdict}: {row.detail}"},
+        "message": {"text": utf8(f"{row.verdict}: {row.detail}")},
         "locations": [_location(p) for p in [row.file, *row.also]],
-        "properties": {"verdict": row.verdict, "format": row.format, "route": row.route},
+        "properties": utf8({"verdict": row.verdict, "format": row.format, "route": row.route}),
     }
 
 
 def _location(path: str) -> dict[str, Any]:
-    uri = Path(path).as_uri() if os.path.isabs(path) else quote(Path(path).as_posix())
+    """A path as a URI of the bytes of its name (``README%FF.md``: a name need not be UTF-8)."""
+    uri = Path(path).as_uri() if os.path.isabs(path) else quote(os.fsencode(Path(path).as_posix()))
     return {"physicalLocation": {"artifactLocation": {"uri": uri}}}

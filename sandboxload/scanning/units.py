@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .. import modelfolder
@@ -96,13 +97,12 @@ def _walk(
 ) -> None:
     real = os.path.realpath(root)
 
-    def unlisted(exc: OSError) -> None:  # os.walk would skip it: an error row instead
+    def unlisted(exc: OSError) -> None:  # never skipped: an error row instead
         path = exc.filename or root
         what = f"cannot list this directory ({exc.strerror or exc}), so it was not checked"
         _add(units, UNLISTED, path, _posix(os.path.relpath(path, root)), real, problem=what)
 
-    for folder, dirs, files in os.walk(root, onerror=unlisted):
-        dirs.sort()
+    for folder, dirs, files in _tree(root, unlisted):
         rel_folder = os.path.relpath(folder, root)
         in_custom = CUSTOM_GENERATE_DIR in rel_folder.split(os.sep)
         if os.path.basename(folder) == CUSTOM_GENERATE_DIR:
@@ -117,6 +117,37 @@ def _walk(
                 continue  # code in custom_generate/ is reported with the directory
             path = os.path.join(folder, name)
             listed.append((kind, path, _posix(os.path.relpath(path, root)), real))
+
+
+def _tree(
+    root: str, unlisted: Callable[[OSError], None]
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` top-down, linked directories listed but not entered, without
+    recursion: ``os.walk`` recurses (Python 3.11), so a tree a thousand directories deep
+    raised RecursionError and stopped the scan of the whole mirror. A directory too deep to
+    list (ENAMETOOLONG) is reported through ``unlisted`` like any other."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            unlisted(exc)
+            continue
+        dirs, files = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(entry.name)
+        dirs.sort()
+        yield folder, dirs, files
+        for name in reversed(dirs):
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                stack.append(path)
 
 
 def read_index(path: str) -> dict[str, str]:
@@ -229,8 +260,9 @@ def _posix(rel: str) -> str:
 
 
 def shard_of(key: str, shards: int) -> int:
-    """The shard of a unit: a hash of its key, so every machine splits alike."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % shards
+    """The shard of a unit: a hash of its key (as the bytes of the name on disk, which need
+    not be UTF-8), so every machine splits alike."""
+    return int.from_bytes(hashlib.sha256(os.fsencode(key)).digest()[:8], "big") % shards
 
 
 def shard(units: list[Unit], index: int, shards: int) -> list[Unit]:
