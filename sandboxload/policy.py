@@ -361,17 +361,14 @@ def _cached(items: tuple[tuple[str, str], ...], file_stamp: tuple[int, int] | No
     return resolve(dict(items))
 
 
-# Settings a tool of ours fixes for the loads it makes itself (``convert`` parses every pickle
-# in the sandbox whatever ``pickle`` and ``formats`` say); see :func:`overridden`.
-_override: ContextVar[tuple[str, tuple[tuple[str, Any], ...]] | None] = ContextVar(
-    "sandboxload_override", default=None
-)
+# Settings fixed for one tool's own loads (convert parses in the sandbox whatever ``pickle``
+# and ``formats`` say), with where they came from: see :func:`overridden`.
+_override: ContextVar[tuple[str, tuple[tuple[str, Any], ...]] | None] = ContextVar("_override")
 
 
 @contextmanager
 def overridden(origin: str, **values: Any) -> Iterator[None]:
-    """Within this context (this thread or task only), :func:`current` has ``values`` in place
-    of the resolved settings, each with ``origin`` as where it came from."""
+    """In this context (thread or task), :func:`current` has ``values`` from ``origin``."""
     token = _override.set((origin, tuple(values.items())))
     try:
         yield
@@ -382,7 +379,7 @@ def overridden(origin: str, **values: Any) -> Iterator[None]:
 def current() -> Policy:
     """The policy for this moment, re-resolved only when the env or the policy file changed."""
     pol = _resolved()
-    override = _override.get()
+    override = _override.get(None)
     if override is None:
         return pol
     origin, values = override
@@ -401,27 +398,3 @@ def _resolved() -> Policy:
         except OSError:
             stamp = None  # resolve() reports the unreadable file
     return _cached(items, stamp)
-
-
-def markdown_table() -> str:
-    """The settings table of ``docs/settings.md`` (a test keeps the two equal)."""
-    rows = [
-        "| setting (TOML key) | env variable | wrapper flag | default | what it does |",
-        "|---|---|---|---|---|",
-        f"| - | `{POLICY_FILE.env}` | `{POLICY_FILE.flag} {POLICY_FILE.metavar}` | unset | "
-        f"{POLICY_FILE.help} |",
-    ]
-    for s in SETTINGS:
-        default = _show(s.default)
-        rows.append(
-            f"| `{s.toml_key}` | `{s.env}` | `{s.flag} {s.metavar}` | {default} | {s.help} |"
-        )
-    return "\n".join(rows) + "\n"
-
-
-def _show(value: Any) -> str:
-    if value is None or value == ():
-        return "unset"
-    if isinstance(value, bool):
-        return "`on`" if value else "`off`"
-    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"

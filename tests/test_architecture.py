@@ -68,6 +68,7 @@ LAYERS = [
         "sandboxload.fileid",
         "sandboxload.formats",
         "sandboxload.zipnames",
+        "sandboxload.pickleprobe",
         "sandboxload.wording",
     ],
     [f"{CHILD}", f"{CHILD}.*"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandboxload import policy
+from sandboxload.cli import settings_table
 from sandboxload.errors import PolicyError
 
 from .helpers import PY, run_cli
@@ -140,7 +141,7 @@ def test_pickle_sandbox_flag_runs_the_command() -> None:
 
 def test_docs_settings_table_is_the_table() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "settings.md").read_text()
-    assert policy.markdown_table() in doc, "regenerate with: python scripts/docs.py"
+    assert settings_table.markdown_table() in doc, "regenerate with: python scripts/docs.py"
 
 
 def test_activation_flag_and_switches_share_their_words() -> None:

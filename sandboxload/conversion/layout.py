@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,25 @@ NUMPY_SUFFIXES = (".npy", ".npz")
 INDEX_SUFFIX = ".index.json"
 DCP_METADATA = ".metadata"  # what torch's FileSystemReader reads
 SAFE_WEIGHTS = (".safetensors", ".safetensors" + INDEX_SUFFIX)
+WEIGHT_LIKE = (*SAFE_WEIGHTS, *PICKLE_SUFFIXES, INDEX_SUFFIX)
+
+
+# Safetensors names the loaders read by themselves (transformers, sentence-transformers, peft,
+# diffusers), and the one pickle name each may come from: any other pickle converted to one
+# of them would make the folder load other weights than it does (a stray model.pt beside a
+# sharded index became the model.safetensors transformers prefers).
+_LOADER_READS = re.compile(
+    r"(?P<stem>model|adapter_model|diffusion_pytorch_model)(?P<shard>-\d+-of-\d+)?\.safetensors"
+)
+
+
+def loader_source(target: str) -> str | None:
+    """The pickle name the loaders read where they read ``target``, if they read it."""
+    m = _LOADER_READS.fullmatch(target)
+    if m is None:
+        return None
+    stem = "pytorch_model" if m["stem"] == "model" else m["stem"]
+    return f"{stem}{m['shard'] or ''}.bin"
 
 
 def target_name(name: str) -> str:
@@ -57,6 +77,8 @@ class Plan:
     # rel folder of a torch.distributed.checkpoint -> its rel files, and its rel output
     dcp: dict[str, list[str]] = field(default_factory=dict)
     dcp_dest: dict[str, str] = field(default_factory=dict)
+    # rel file -> (device, inode) of what was read: only that is ever removed (in place)
+    ident: dict[str, tuple[int, int]] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)  # rel index -> its shards
     excluded: list[str] = field(default_factory=list)
 
@@ -121,6 +143,8 @@ def _place(p: Plan, rel: str) -> None:
     name = os.path.basename(rel)
     if modelfolder.is_dcp_file(name):
         p.dcp.setdefault(os.path.dirname(rel), []).append(rel)
+        st = os.lstat(path)
+        p.ident[rel] = (st.st_dev, st.st_ino)
         return
     if name.endswith(tuple(s + INDEX_SUFFIX for s in PICKLE_SUFFIXES)):
         index = target_name(name[: -len(INDEX_SUFFIX)]) + INDEX_SUFFIX
@@ -129,7 +153,17 @@ def _place(p: Plan, rel: str) -> None:
     if name.endswith(PICKLE_SUFFIXES):
         fmt = source.sniff(path)
         if source.is_checkpoint(fmt):
-            p.convert[rel] = os.path.join(os.path.dirname(rel), target_name(name))
+            target = target_name(name)
+            expected = loader_source(target)
+            if expected is not None and name != expected:
+                raise ConversionError(
+                    path,
+                    f"it would become {target}, which the loaders read by that name (in place "
+                    f"of {expected}, and before any shard index): the folder would load it "
+                    "instead of its own weights",
+                    "--exclude it, or convert it alone into another folder (--out).",
+                )
+            p.convert[rel] = os.path.join(os.path.dirname(rel), target)
             return
         if fmt not in (formats.SAFETENSORS, formats.NUMPY):
             raise ConversionError(
@@ -151,6 +185,8 @@ def _read_index(p: Plan, path: str) -> dict[str, str]:
     fd = open_regular(path)
     try:
         check_target(p, path, fd)  # the file opened, not the one the name reached at the walk
+        st = os.fstat(fd)
+        p.ident[os.path.relpath(path, p.root)] = (st.st_dev, st.st_ino)
         return modelfolder.weight_map(fd)
     except ValueError as exc:
         raise ConversionError(path, f"not a shard index ({exc})", "Check the file.") from None
@@ -184,6 +220,19 @@ def _check_dcp(p: Plan) -> None:
                 f"it is part of a torch.distributed.checkpoint without its {DCP_METADATA} "
                 "file, which says what the data files hold",
                 "Copy the checkpoint whole, or --exclude its files.",
+            )
+        others = [
+            r
+            for r in (*p.convert, *p.indexes, *p.copy)
+            if os.path.dirname(r) == here and (r in p.convert or r.endswith(WEIGHT_LIKE))
+        ]
+        if others:
+            raise ConversionError(
+                os.path.join(p.root, here, DCP_METADATA),
+                "its folder holds other weights too "
+                f"({', '.join(sorted(others)[:3])}): its model.safetensors would replace "
+                "them in what the folder loads",
+                "Convert the checkpoint from a folder of its own, or --exclude one of them.",
             )
         p.dcp_dest[here] = os.path.normpath(os.path.join(here, "model.safetensors"))
 

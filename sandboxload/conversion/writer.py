@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -22,18 +24,76 @@ from ..wording import count
 from .tensors import Prepared
 
 
+@dataclass
+class Temporary:
+    """A private directory of ours beside a destination, held by descriptor: ``path`` reaches
+    it through ``/proc/self/fd`` whatever is renamed or linked in its place meanwhile."""
+
+    path: str  # the directory (directory=True) or the file to write inside it
+    parent_fd: int
+    name: str  # the directory's name in its parent
+    fd: int
+
+
 @contextlib.contextmanager
-def temporary_beside(dest: str, directory: bool = False) -> Iterator[str]:
+def temporary_beside(dest: str, directory: bool = False) -> Iterator[Temporary]:
     """A temporary path beside ``dest`` (same file system, so the rename is atomic), inside a
-    private directory of ours (mode 0700: in an attacker-writable folder, nobody else can swap
-    a link in for the file between its writing and its rename); removed on the way out
-    unless it was published. With ``directory``, the private directory itself."""
+    private directory of ours (mode 0700, held open: in an attacker-writable folder, nobody
+    can swap a link in for the file, nor for the directory, between the writing and the
+    rename); removed on the way out unless it was published. With ``directory``, the private
+    directory itself."""
     parent, base = os.path.split(os.path.abspath(dest))
-    private = tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=parent)
+    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        yield private if directory else os.path.join(private, base)
+        name = f".{base}.{secrets.token_hex(6)}.partial"
+        os.mkdir(name, 0o700, dir_fd=pfd)
+        fd = _own_directory(pfd, name, dest)
+        private = f"/proc/self/fd/{fd}"
+        tmp = Temporary(private if directory else os.path.join(private, base), pfd, name, fd)
+        try:
+            yield tmp
+        finally:
+            _remove(tmp)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        os.close(pfd)
+
+
+def _own_directory(pfd: int, name: str, dest: str) -> int:
+    """The directory just made, opened without following a link; refused if it is not ours."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except OSError as exc:
+        raise ConversionError(
+            dest, f"its temporary directory was replaced as it was made ({exc.strerror})", _RACE
+        ) from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise ConversionError(dest, "its temporary directory was replaced as it was made", _RACE)
+    return fd
+
+
+_RACE = "Something else writes in this folder: convert a copy that nothing else can write."
+
+
+def _same(tmp: Temporary) -> bool:
+    """Whether the name still reaches our directory (not something put in its place)."""
+    try:
+        now = os.stat(tmp.name, dir_fd=tmp.parent_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    st = os.fstat(tmp.fd)
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _remove(tmp: Temporary) -> None:
+    """Remove our directory if its name still reaches it: not once published as the result
+    (renamed away), nor when moved by someone else (what sits there now is not ours)."""
+    try:
+        if _same(tmp):
+            shutil.rmtree(tmp.name, ignore_errors=True, dir_fd=tmp.parent_fd)
+    finally:
+        os.close(tmp.fd)
 
 
 def _umask() -> int:
@@ -47,15 +107,24 @@ def _umask() -> int:
     return 0o022
 
 
-def publish(tmp: str, dest: str, directory: bool = False) -> None:
-    """Give ``tmp`` the mode a new file (or folder) gets here, and rename it to ``dest``: a
-    folder only if ``dest`` does not exist (or is empty), a file over whatever is there."""
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+def publish(tmp: Temporary, dest: str, directory: bool = False) -> None:
+    """Give the temporary the mode a new file (or folder) gets here, and rename it to
+    ``dest``: a folder only if ``dest`` does not exist (or is empty), a file over whatever is
+    there."""
+    os.chmod(tmp.path, (0o777 if directory else 0o666) & ~_umask())
     if directory:
-        os.rename(tmp, dest)
+        parent, base = os.path.split(os.path.abspath(dest))
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if not _same(tmp):
+                raise ConversionError(dest, "its temporary directory was moved", _RACE)
+            os.rename(tmp.name, base, src_dir_fd=tmp.parent_fd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     else:
-        os.replace(tmp, dest)
-    sync_directory(os.path.dirname(os.path.abspath(dest)))
+        os.replace(tmp.path, dest)
+        sync_directory(os.path.dirname(os.path.abspath(dest)))
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -94,7 +163,8 @@ def write(prep: Prepared, dest: str, source: str) -> int:
     """Write ``prep`` to ``dest`` atomically, verified; the number of bytes written."""
     import safetensors.torch
 
-    with temporary_beside(dest) as tmp:
+    with temporary_beside(dest) as temporary:
+        tmp = temporary.path
         try:
             safetensors.torch.save_file(prep.tensors, tmp, metadata=prep.metadata)
             fd = os.open(tmp, os.O_RDONLY)
@@ -112,7 +182,7 @@ def write(prep: Prepared, dest: str, source: str) -> int:
                 f"safetensors cannot store it as it is ({exc})",
                 "Rename the offending tensor.",
             ) from None
-        publish(tmp, dest)
+        publish(temporary, dest)
     return size
 
 
