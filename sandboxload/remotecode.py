@@ -17,10 +17,20 @@ for which every dynamic module is a ``*.py`` file below) refuse these when a lib
   ``sentence_transformers.activation_fn``), which is called;
 - a ``custom_generate/`` directory (transformers' custom generate functions);
 - any ``*.py`` file: nothing in a folder of weights needs one but code that would run.
+
+And what in a config makes a library load from outside the model folder
+(:func:`redirect_findings`, rule ``loading-redirect`` in ``scan``, whatever the remote-code
+policy): a ``modules.json`` entry's ``path`` or a ``types`` key (joined to the folder by
+sentence-transformers) that is absolute or climbs out; a ``tokenizer_name_or_path`` in a
+sentence-transformers module config, or an ``adapter_config.json``'s
+``base_model_name_or_path`` (peft, and transformers with peft installed, load the base model
+from it), that is a local path rather than a Hub repo id -- both libraries follow it, found by
+loading such folders (sentence-transformers 3.4 and 6.2, transformers 5 with peft 0.21).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -38,6 +48,7 @@ CUSTOM_GENERATE = f"{CUSTOM_GENERATE_DIR}/generate.py"
 MODULES_JSON = "modules.json"
 WORD_EMBEDDINGS_CONFIG = "wordembedding_config.json"
 CE_ACTIVATION_3 = "sbert_ce_default_activation_function"  # CrossEncoder 3.x, in config.json
+ADAPTER_CONFIG = "adapter_config.json"  # peft: the base model is loaded from a path it names
 # Config keys through which transformers runs a model's own code.
 CODE_KEYS = {
     "auto_map": "maps classes to code it ships",
@@ -124,6 +135,58 @@ def _modules_findings(doc: Any) -> list[str]:
         for i, e in enumerate(entries)
         if isinstance(e, dict) and not is_library_class(e.get("type"))
     ]
+
+
+def redirect_findings(name: str, doc: Any) -> list[str]:
+    """What in a parsed config (base name ``name``) makes a library load from outside the
+    model folder, one line each."""
+    found = []
+    if name == MODULES_JSON:
+        for i, e in enumerate(doc if isinstance(doc, list) else []):
+            path = e.get("path") if isinstance(e, dict) else None
+            if isinstance(path, str) and leaves_folder(path):
+                found.append(
+                    f"modules.json entry {e.get('name', i)!r} has path {path!r}, outside the "
+                    "model folder (sentence-transformers loads that folder's module and code)"
+                )
+        return found
+    if not isinstance(doc, dict):
+        return found
+    types = doc.get("types")
+    if isinstance(types, dict):  # Asym / Router: each key is a module folder, joined
+        found += [
+            f"types key {key!r} is a module folder outside the model folder"
+            for key in types
+            if isinstance(key, str) and leaves_folder(key)
+        ]
+    for key, what in _path_refs(name):
+        value = doc.get(key)
+        if isinstance(value, str) and is_local_path(value):
+            found.append(f"{key} {value!r} is a local path, not a Hub repo id ({what})")
+    return found
+
+
+def _path_refs(name: str) -> list[tuple[str, str]]:
+    """(key, who follows it) of the model references a config named ``name`` holds that a
+    library loads as a local path when they are one."""
+    if name == ADAPTER_CONFIG:
+        return [("base_model_name_or_path", "peft loads the base model from it")]
+    if name.startswith("sentence_"):  # sentence_bert_config.json and the older names
+        return [("tokenizer_name_or_path", "sentence-transformers loads the tokenizer from it")]
+    return []
+
+
+def leaves_folder(path: str) -> bool:
+    """A path joined to the model folder that is absolute or climbs out of it."""
+    norm = os.path.normpath(path)
+    return os.path.isabs(norm) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def is_local_path(ref: str) -> bool:
+    """A model reference that is not shaped like a Hub repo id (``name`` or ``org/name``),
+    so a library resolves it as a local path (absolute, ``../x``, ``./x``, ``a/b/c``)."""
+    parts = ref.split("/")
+    return os.path.isabs(ref) or len(parts) > 2 or any(p in ("", ".", "..") for p in parts)
 
 
 def _short(values: list[Any]) -> str:

@@ -425,9 +425,12 @@ def test_f1_nested_module_types_are_checked(tmp_path: Path, canary: Path) -> Non
     _load_without_sandboxload(model, live)
     proc = scan("--json", str(model))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
-    assert row["file"].endswith("1_Asym/config.json") and row["rule"] == "remote-code"
+    bad = {r["file"]: r for r in rows(proc) if r["verdict"] != "ok"}
+    row = bad.pop(str(model / "1_Asym" / "config.json"))
+    assert row["rule"] == "remote-code"
     assert JOBLIB_GADGET in row["detail"] and "types entry 'w'" in row["detail"]
+    # The text pickle itself is found by its opcodes too (pickleprobe), whatever its name.
+    assert set(bad) <= {str(model / "1_Asym" / "w")}
     assert not canary.exists()
 
 
@@ -736,3 +739,53 @@ def test_a_tree_deeper_than_the_recursion_limit_is_scanned_whole(
         }
     finally:  # shutil.rmtree (pytest's clean-up) recurses too
         subprocess.run(["rm", "-rf", str(model / "a")], check=True)
+
+
+def test_paths_that_leave_the_model_folder_are_refused(tmp_path: Path, canary: Path) -> None:
+    """From an attack review: a modules.json ``path`` of ``../../elsewhere/B`` passed scan,
+    and sentence-transformers loaded B's module (and imported its code) without
+    trust_remote_code. Refused whatever the remote-code policy, as a ``subfolder`` is; so
+    are a types key that climbs out, and a tokenizer or PEFT base model named by a local
+    path (both followed: sentence-transformers 3.4 and 6.2, transformers 5 with peft)."""
+    model, other = tmp_path / "mirror" / "org--nice", tmp_path / "elsewhere" / "B"
+    model.mkdir(parents=True)
+    other.mkdir(parents=True)
+    safetensors.torch.save_file(state_dict(1), str(model / "model.safetensors"))
+    _st_modules(model, "sentence_transformers.SentenceTransformer", "../../elsewhere/B")
+    _st_modules(other, "evilmod.Evil", "")
+    live = tmp_path / "LIVE"
+    (other / "evilmod.py").write_text(f"import pathlib\npathlib.Path({str(live)!r}).touch()\n")
+    code = "import sys\nfrom sentence_transformers import SentenceTransformer\n"
+    code += "SentenceTransformer(sys.argv[1], device='cpu')\n"
+    env = clean_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [_stack(), "-c", code, str(model)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert live.exists(), f"the attack did not run live:\n{proc.stderr[-3000:]}"
+    for policy in ("refuse", "allow"):
+        proc = scan("--json", str(model), env=clean_env(SANDBOXLOAD_REMOTE_CODE=policy))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        (row,) = [r for r in rows(proc) if r["verdict"] != "ok"]
+        assert row["file"] == str(model / "modules.json") and row["rule"] == "loading-redirect"
+        assert "'../../elsewhere/B', outside the model folder" in row["detail"]
+    _st_modules(model, "sentence_transformers.models.Transformer", str(other))
+    configs = {
+        "sentence_bert_config.json": {"tokenizer_name_or_path": str(other)},
+        "adapter_config.json": {"base_model_name_or_path": "../B"},
+        "1_Asym/config.json": {"types": {"../../x": "sentence_transformers.models.Dense"}},
+    }
+    for name, doc in configs.items():
+        (model / name).parent.mkdir(exist_ok=True)
+        (model / name).write_text(json.dumps(doc))
+    proc = scan("--json", str(model))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bad = {r["file"]: r for r in rows(proc) if r["verdict"] != "ok"}
+    assert set(bad) == {str(model / n) for n in [*configs, "modules.json"]}, bad
+    assert {r["rule"] for r in bad.values()} == {"loading-redirect"}
+    # A Hub repo id is not a local path, and a module folder inside passes.
+    _st_modules(model, "sentence_transformers.models.Transformer", "0_Transformer/../x")
+    (model / "sentence_bert_config.json").write_text('{"tokenizer_name_or_path": "org/tok"}')
+    (model / "adapter_config.json").write_text('{"base_model_name_or_path": "bert-base"}')
+    (model / "1_Asym" / "config.json").unlink()
+    proc = scan("--json", str(model))
+    assert proc.returncode == 0, proc.stdout + proc.stderr

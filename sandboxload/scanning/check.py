@@ -132,6 +132,10 @@ def _config(unit: Unit, pol: policy.Policy) -> list[Row]:
         path = next(p for p in unit.paths if os.path.basename(p) == name)
         also = [p for p in unit.paths if p != path]
         rows += [_remote(path, what, pol, also) for what in remotecode.config_findings(name, doc)]
+        rows += [
+            Row(path, REFUSED, f"unsafe loading: {what}", LOADING_REDIRECT, also=also)
+            for what in remotecode.redirect_findings(name, doc)
+        ]
         for arg, what in modelfolder.loader_kwargs_findings(doc):
             if arg == "trust_remote_code":
                 rows.append(_remote(path, what, pol, also))

@@ -54,7 +54,8 @@ RULES: dict[str, tuple[str, str]] = {  # id -> (name, what it means)
         "A file that redirects loading out of the model or off its safe path: a link leaving "
         "the folder scanned, an index naming a file outside its folder (or not safetensors "
         "for a safetensors index), loader arguments such as weights_only=false, gguf_file, "
-        "from_tf/from_flax or a subfolder outside",
+        "from_tf/from_flax or a subfolder outside, a modules.json path or a tokenizer or "
+        "PEFT base model path outside the folder",
     ),
     CACHE_INTEGRITY: (
         "CacheIntegrity",
