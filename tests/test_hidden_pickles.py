@@ -5,6 +5,7 @@ proven live without sandboxload first, then refused by ``convert``, ``scan`` or 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import struct
@@ -226,3 +227,102 @@ def test_a_payload_archive_behind_a_data_archive_is_refused(tmp_path: Path) -> N
         sandboxload.load(path)
     assert not canary.exists()
     assert os.path.getsize(path) == len(data)
+
+
+# --- second review: what the C unpickler reads that pickletools does not ------------------
+
+ACTS = b"cos\nsystem\n(S'touch {canary}'\ntR."
+
+
+@pytest.mark.parametrize(
+    "prefix", [b"I0x1\n0", b"I1\x00junk\n0", b"L0x1\n0", b"F1\x00junk\n0", b"I0o7\n0", b"I010\n0"]
+)
+def test_numbers_as_the_c_unpickler_reads_them(tmp_path: Path, prefix: bytes) -> None:
+    """``_pickle.c`` reads INT/LONG with base 0 and up to a NUL; pickletools' int() does not,
+    and a probe that stopped there passed the payload behind it."""
+    canary = tmp_path / "CANARY"
+    data = prefix + ACTS.replace(b"{canary}", str(canary).encode())
+    pickle.loads(data)  # live
+    assert canary.exists()
+    assert pickled(data, whole=True)
+
+
+def safetensors_pickle(canary: Path) -> bytes:
+    """A valid safetensors file whose bytes are also a pickle: the header length's first byte
+    is SHORT_BINBYTES, whose skips run through a metadata string; the tensor is the payload
+    (the construction of the second review)."""
+    body = ACTS.replace(b"{canary}", str(canary).encode())
+    n = len(body)
+    tensor = json.dumps(
+        {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, separators=(",", ":")
+    )
+    prefix = '{"w":' + tensor + ',"__metadata__":{"x":"'
+    start = 8 + len(prefix)
+    size = 0x43 + 256 * (start - 2)
+    rest = 8 + size - start
+    k = (rest - 2 - 60) // 128
+    last = rest - 2 - 128 * k
+    assert 35 <= last <= 126 and chr(last) not in '"\\'
+    content = ("C~" + "a" * 126) * k + "C" + chr(last)
+    header = (prefix + content + '"}}' + " " * (last - 3)).encode()
+    assert len(header) == size
+    return struct.pack("<Q", size) + header + body
+
+
+def test_a_safetensors_file_that_is_also_a_pickle(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    canary = tmp_path / "CANARY"
+    data = safetensors_pickle(canary)
+    model = folder_with(tmp_path, "training_args.bin", data)
+    (model / "optimizer_state.cache").write_bytes(data)
+    assert load_file(str(model / "training_args.bin"))["w"].numel() > 0  # safetensors reads it
+    path = str(model / "training_args.bin")
+    proc = run_py(f"import torch; torch.load({path!r}, weights_only=False)")
+    assert canary.exists(), proc.stderr  # live: torch's legacy reader ran the pickle
+    canary.unlink()
+    proc = run_cli("scan", str(model), timeout=600)
+    assert proc.returncode == 1, proc.stdout
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("REFUSED")]
+    assert len(rows) == 2 and all("reads as safetensors, but it is a pickle" in r for r in rows)
+    proc = run_cli("convert", str(model), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 1 and "it is a pickle" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not canary.exists()
+
+
+def test_record_names_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    """torch's reader (miniz) finds records case-blind: a payload ``DATA.pkl`` beside a
+    harmless ``data.pkl`` was what plain torch ran while sandboxload read the other."""
+    canary = tmp_path / "CANARY"
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name in src.namelist():
+            z.writestr(name, src.read(name))
+            if name.endswith("/data.pkl"):
+                z.writestr(
+                    name[: -len("data.pkl")] + "DATA.pkl", pickle.dumps({"w": Payload(canary)}, 2)
+                )
+    proc = run_py(f"import torch; torch.load({str(path)!r}, weights_only=False)")
+    assert canary.exists(), proc.stderr  # live
+    canary.unlink()
+    with pytest.raises(CorruptCheckpointError, match="ignoring case"):
+        sandboxload.load(path)
+    proc = run_cli("scan", str(path), timeout=600)
+    assert proc.returncode == 1 and "ignoring case" in proc.stdout, proc.stdout
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8,
+        b"Pretrained on Wikipedia.\nMore text.\n",
+        b"License: MIT\n",
+        pickle.dumps({"a": [1, 2.5, "x"]}, 0),  # plain data: nothing acts
+    ],
+)
+def test_what_the_probe_does_not_call_a_pickle(data: bytes) -> None:
+    assert pickled(data, whole=True) is None

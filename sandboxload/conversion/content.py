@@ -37,7 +37,9 @@ def pickle_in(fd: int) -> str | None:
             return f"it is {formats.POLICY_NAME.get(fmt, fmt)} data (a pickle)"
         if fmt in (formats.NUMPY, formats.ZIP):  # any zip: .npy members are NumPy's to load
             f.seek(0)
-            return numpyobjects.why(f)
-        if fmt in (formats.PICKLE, formats.UNKNOWN):
-            return pickleprobe.pickled_file(f, os.fstat(fd).st_size)
-    return None
+            why = numpyobjects.why(f)
+            if why is not None:
+                return why
+        # Whatever else it is too: a safetensors file can be a pickle as well (its header
+        # length's first byte an opcode), and torch.load of it would run the pickle.
+        return pickleprobe.pickled_file(f, os.fstat(fd).st_size)

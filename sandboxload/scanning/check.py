@@ -25,8 +25,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import formats, loader, modelfolder, pinning, policy, remotecode, routes
-from ..conversion.content import pickle_in
+from .. import formats, loader, modelfolder, pickleprobe, pinning, policy, remotecode, routes
+from ..conversion.content import PICKLED, pickle_in
 from ..errors import HashMismatchError, SandboxLoadError
 from ..fileid import open_regular
 from ..modelfolder import DCP_DATA_SUFFIX, is_dcp_metadata, link_outside, opened_as
@@ -228,6 +228,9 @@ def classify(path: str, pol: policy.Policy | None = None, root: str = "") -> Row
             loader.pin(a)
             verdict, detail = _check(a)
             rule = {OK: WEIGHTS_OK, UNSAFE: WEIGHTS_UNSAFE}[verdict]
+            also = _also_a_pickle(a)
+            if also is not None:
+                verdict, detail, rule = REFUSED, also, WEIGHTS_REFUSED
     except HashMismatchError as exc:
         verdict, detail = REFUSED, f"{type(exc).__name__}: {exc}"
         if pinning.hf_blob_digest(path) == exc.expected:
@@ -237,6 +240,17 @@ def classify(path: str, pol: policy.Policy | None = None, root: str = "") -> Row
     except OSError as exc:
         verdict, detail, rule = ERROR, exc.strerror or str(exc), UNREADABLE
     return Row(path, verdict, detail, rule, fmt, route)
+
+
+def _also_a_pickle(a: loader.Admitted) -> str | None:
+    """A file read as something else (safetensors, NumPy) that is also a pickle stream that
+    acts: ``torch.load`` of it -- a ``training_args.bin`` -- would unpickle it."""
+    if a.fmt in (*PICKLED, formats.PICKLE) or a.src.fd is None:
+        return None
+    why = pickleprobe.pickled_fd(a.src.fd)
+    if why is None:
+        return None
+    return f"it reads as {a.fmt}, but {why} that torch.load or pickle.load would run"
 
 
 def _check(a: loader.Admitted) -> tuple[str, str]:

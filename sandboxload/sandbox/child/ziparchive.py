@@ -49,10 +49,15 @@ class ZipArchive:
             raise Malformed("zip central directory out of bounds")
         self.entries: list = self._central(_pread(pread, cd_size, cd_offset), count)
         self.by_name: dict = {}
+        folded: set = set()
         for e in self.entries:
-            if e.name in self.by_name:
-                raise Malformed("the zip archive has duplicate record names")
+            # torch's reader (miniz) finds a record by its name without regard to ASCII case:
+            # two names that differ only so would be read as one here and another there.
+            low = e.name.encode("utf-8", "surrogatepass").lower()
+            if e.name in self.by_name or low in folded:
+                raise Malformed("the zip archive has duplicate record names (ignoring case)")
             self.by_name[e.name] = e
+            folded.add(low)
 
     def _end_record(self) -> tuple:
         tail_len = min(self.size, 22 + 0xFFFF)
