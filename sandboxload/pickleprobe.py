@@ -126,7 +126,8 @@ def _step(stack: list[int], op: pickletools.OpcodeInfo) -> None:
 
 def pickled(data: bytes, whole: bool) -> str | None:
     """Why ``data`` (the file's first bytes; ``whole``: all of it) is a pickle that acts, or
-    None."""
+    None. Pickles that follow one another are walked in turn: a reader may call ``load``
+    again on the same file (torch's legacy reader reads four)."""
     stack = [0]
     try:
         for op, arg, pos in _ops(data):
@@ -134,15 +135,18 @@ def pickled(data: bytes, whole: bool) -> str | None:
                 return None  # an unsupported protocol: pickle.load stops at once
             if op.name in ("GLOBAL", "INST") and not _names_ok(arg):
                 return None  # find_class cannot import it
-            if op.name == "STOP":
-                return None  # it returns a value, having called nothing
+            if op.name == "STOP":  # it returns the value on top, above the last mark
+                if stack[-1] < 1:
+                    return None
+                stack = [0]
+                continue
             _step(stack, op)
             if op.name in ACTS:
                 return f"it is a pickle ({op.name} at byte {pos})"
     except _Stop:
         return None
-    except _Ended:
-        if not whole:
+    except _Ended:  # what was read ended: the rest of the file may act
+        if not whole and data:
             return f"it is a pickle stream for at least its first {len(data)} bytes"
     return None
 

@@ -326,3 +326,15 @@ def test_record_names_that_differ_only_in_case_are_refused(tmp_path: Path) -> No
 )
 def test_what_the_probe_does_not_call_a_pickle(data: bytes) -> None:
     assert pickled(data, whole=True) is None
+
+
+def test_a_second_pickle_in_the_same_file_is_walked_too(tmp_path: Path) -> None:
+    """A reader may call ``load`` again on the same file (torch's legacy reader reads four
+    pickles in a row): a plain first pickle does not end the walk."""
+    canary = tmp_path / "CANARY"
+    data = pickle.dumps(1, 2) + pickle.dumps(Payload(canary), 2)
+    f = io.BytesIO(data)
+    pickle.load(f)
+    pickle.load(f)  # live
+    assert canary.exists()
+    assert pickled(data, whole=True)
