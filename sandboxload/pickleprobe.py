@@ -64,8 +64,10 @@ def _number(name: str, f: io.BytesIO) -> object:
         raise _Stop from None
 
 
-def _ops(data: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
+def _ops(data: bytes, start: int) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int, int]]:
+    """Each opcode from ``start``: (opcode, argument, where it starts, where it ends)."""
     f = io.BytesIO(data)
+    f.seek(start)
     while True:
         pos = f.tell()
         code = f.read(1)
@@ -86,7 +88,7 @@ def _ops(data: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
                 if any(w in text for w in ("remain", "no newline found", "not enough data")):
                     raise _Ended from None
                 raise _Stop from None
-        yield op, arg, pos
+        yield op, arg, pos, f.tell()
 
 
 def _names_ok(arg: object) -> bool:
@@ -124,20 +126,41 @@ def _step(stack: list[int], op: pickletools.OpcodeInfo) -> None:
     stack[-1] += len(op.stack_after) - need
 
 
+MAX_STARTS = 64  # pickles walked from other starts (frame ends) before giving up: a pickle
+
+
 def pickled(data: bytes, whole: bool) -> str | None:
     """Why ``data`` (the file's first bytes; ``whole``: all of it) is a pickle that acts, or
     None. Pickles that follow one another are walked in turn: a reader may call ``load``
-    again on the same file (torch's legacy reader reads four)."""
-    stack = [0]
+    again on the same file (torch's legacy reader reads four). After a STOP inside a FRAME,
+    the next ``load`` starts right after it or at the frame's end (the C unpickler reads a
+    large frame whole): both are walked."""
+    starts, seen = [0], {0}
+    while starts:
+        if len(seen) > MAX_STARTS:
+            return "it is a pickle stream of many framed pickles"
+        why = _walk(data, starts.pop(), whole, starts, seen)
+        if why is not None:
+            return why
+    return None
+
+
+def _walk(data: bytes, start: int, whole: bool, starts: list[int], seen: set[int]) -> str | None:
+    stack, frame_end = [0], 0
     try:
-        for op, arg, pos in _ops(data):
+        for op, arg, pos, end in _ops(data, start):
             if op.name == "PROTO" and not (isinstance(arg, int) and 0 <= arg <= 5):
                 return None  # an unsupported protocol: pickle.load stops at once
             if op.name in ("GLOBAL", "INST") and not _names_ok(arg):
                 return None  # find_class cannot import it
+            if op.name == "FRAME" and isinstance(arg, int):
+                frame_end = end + arg
             if op.name == "STOP":  # it returns the value on top, above the last mark
                 if stack[-1] < 1:
                     return None
+                if frame_end > end and frame_end not in seen:
+                    seen.add(frame_end)
+                    starts.append(frame_end)
                 stack = [0]
                 continue
             _step(stack, op)
@@ -146,7 +169,7 @@ def pickled(data: bytes, whole: bool) -> str | None:
     except _Stop:
         return None
     except _Ended:  # what was read ended: the rest of the file may act
-        if not whole and data:
+        if not whole:
             return f"it is a pickle stream for at least its first {len(data)} bytes"
     return None
 

@@ -338,3 +338,28 @@ def test_a_second_pickle_in_the_same_file_is_walked_too(tmp_path: Path) -> None:
     pickle.load(f)  # live
     assert canary.exists()
     assert pickled(data, whole=True)
+
+
+def test_the_pickle_after_a_large_frame_is_walked_too(tmp_path: Path) -> None:
+    """The C unpickler reads a frame of 128 KiB or more whole: after a STOP inside it, the
+    next ``load`` -- torch's legacy reader makes four -- starts at the frame's end, past bytes
+    that are no opcodes. (Found by the third review: scan and convert passed it.)"""
+    canary = tmp_path / "CANARY"
+    magic = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"."
+    inner = magic + b"\xff" * 140_000
+    data = b"\x95" + struct.pack("<Q", len(inner)) + inner + b"M\xe9\x03.}."
+    data += ACTS.replace(b"{canary}", str(canary).encode())
+    model = folder_with(tmp_path, "training_state", data)
+    path = str(model / "training_state")
+    proc = run_py(
+        f"import torch\ntry: torch.load({path!r}, weights_only=False)\nexcept Exception: pass"
+    )
+    assert canary.exists(), proc.stderr  # live
+    canary.unlink()
+    assert pickled(data, whole=True)
+    assert pickled(data[: 64 << 10], whole=False)  # the first read of a large file
+    proc = run_cli("convert", str(model), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 1 and "it is a pickle" in proc.stderr, proc.stderr
+    proc = run_cli("scan", str(model), timeout=600)
+    assert proc.returncode == 1 and "training_state" in proc.stdout, proc.stdout
+    assert not canary.exists()
