@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from sandboxload import policy
-from sandboxload.errors import SandboxTimeoutError, SandboxViolationError
+from sandboxload.errors import SandboxCrashedError, SandboxTimeoutError, SandboxViolationError
 from sandboxload.patches import registry
 from sandboxload.sandbox import load as sandbox_load
 from sandboxload.sandbox import spare
@@ -141,6 +142,41 @@ def test_a_dead_zygote_means_a_spawn_and_a_new_zygote(tmp_path: Path) -> None:
     pid, _ = spare.settle()
     assert spare.zygote_pid() not in (None, zygote)
     assert pid is not None and psutil.Process(pid).ppid() == spare.zygote_pid()
+
+
+def test_a_zygote_that_dies_mid_load_is_a_crash_not_a_hang(tmp_path: Path, no_leaks: None) -> None:
+    """The worker finishes, but nobody is left to report its status: a typed error."""
+    slow = tmp_path / "slow.pt"
+    slow.write_bytes(
+        torch_zip(b"\x80\x02" + b"N0" * 30_000_000 + b"N.", compress=zipfile.ZIP_DEFLATED)
+    )
+    zygote, worker = ready(tmp_path)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            torch.load(slow)
+            outcome.append(None)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+
+    def parsing() -> bool:  # the worker holds the checkpoint: it has its request
+        try:
+            return os.readlink(f"/proc/{worker}/fd/3") == str(slow)
+        except OSError:
+            return False
+
+    try:
+        assert wait_until(parsing)
+        os.kill(zygote, signal.SIGKILL)
+    finally:
+        thread.join()
+    [error] = outcome
+    assert isinstance(error, SandboxCrashedError) and "zygote" in str(error), error
+    assert gone(worker)
 
 
 PARENT = """

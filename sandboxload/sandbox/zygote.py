@@ -225,7 +225,13 @@ class Zygote:
 def start(proc: subprocess.Popen[bytes], ctrl: socket.socket, program: bytes) -> Zygote:
     """Adopt a zygote just started with the other end of ``ctrl``: hand it the program."""
     assert proc.stdin is not None
-    proc.stdin.write(program)  # far below the pipe's buffer
-    proc.stdin.close()
+    try:
+        proc.stdin.write(program)  # far below the pipe's buffer
+        proc.stdin.close()
+    except BaseException:  # it died at once: reap it, keep nothing
+        ctrl.close()
+        proc.kill()
+        proc.wait()
+        raise
     ctrl.settimeout(REQUEST_TIMEOUT)
     return Zygote(proc, ctrl)
