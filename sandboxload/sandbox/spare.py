@@ -135,7 +135,11 @@ def refill() -> None:
         if current is not None and not current.alive():
             _zygote = None
     if current is not None and current.alive():
-        _fill(current.fork())  # a fork request: about a millisecond, while a load parses
+        worker = None
+        try:
+            worker = current.fork()  # a fork request: about a millisecond, while a load parses
+        finally:
+            _fill(worker)
         return
     if current is not None:
         current.stop()
