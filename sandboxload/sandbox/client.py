@@ -180,9 +180,9 @@ def _spawn(
     proc: Child | None = None
     if program and limits.spare:
         # A worker forked by the zygote, ready or on demand; the filter program is already
-        # in its memory. Then the next one is forked (or the zygote started) while it parses.
+        # in its memory. The next one is forked once this load has its answer (_run), not
+        # while it parses: measured, a fork then competes with the parse for the CPU.
         proc = spare.hand_over(argv, (child_fd, memfd))
-        spare.refill()
     if proc is not None:
         program = b""
     else:
