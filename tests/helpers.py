@@ -107,8 +107,8 @@ def run_cli(
 
 
 def resources() -> tuple[int, int, int]:
-    """(child processes, open fds, memfds) of this process, not counting the ready spare
-    worker (one is kept started on purpose)."""
+    """(child processes, open fds, memfds) of this process, not counting the zygote and the
+    ready spare worker it forked (both are kept started on purpose)."""
     import contextlib
 
     import psutil
@@ -121,7 +121,8 @@ def resources() -> tuple[int, int, int]:
     for fd in fds:
         with contextlib.suppress(OSError):
             memfds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
-    children = [p for p in psutil.Process().children(recursive=True) if p.pid != spare_pid]
+    kept = {spare_pid, spare.zygote_pid()}
+    children = [p for p in psutil.Process().children(recursive=True) if p.pid not in kept]
     return len(children), len(fds), memfds
 
 

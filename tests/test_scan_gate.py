@@ -353,7 +353,8 @@ def test_parses_on_several_threads_share_the_spare_safely(
             want = f"pickle with only data: {n} storage{'s' if n > 1 else ''} "
             assert row.detail.startswith(want), row
     pid, _fds = spare.settle()
-    workers = [p for p in psutil.Process().children() if spare.SPARE_ARG in " ".join(p.cmdline())]
+    zygote = spare.zygote_pid()
+    workers = [p for p in psutil.Process().children(recursive=True) if p.pid != zygote]
     assert [p.pid for p in workers] == ([pid] if pid else [])
 
 

@@ -38,7 +38,7 @@ import torch
 
 import sandboxload
 from sandboxload.cli.wrapper import SITE_DIR
-from sandboxload.sandbox.protocol import SPARE_ARG
+from sandboxload.sandbox.protocol import ZYGOTE_ARG
 
 from .helpers import PY, Payload, Server, audited, free_port, pickle_copy, server_env
 
@@ -378,9 +378,14 @@ def test_uvicorn_spawned_workers(
 
 
 def master_spares(master: int) -> list[psutil.Process]:
-    """The spare sandbox workers the gunicorn master started (its children whose command line
-    says so; its other children are the forked workers)."""
-    return [p for p in psutil.Process(master).children() if SPARE_ARG in p.cmdline()]
+    """The spare sandbox workers the gunicorn master started: forks of its zygote (a child whose
+    command line says so; its other children are the forked gunicorn workers)."""
+    return [
+        p
+        for z in psutil.Process(master).children()
+        if ZYGOTE_ARG in z.cmdline()
+        for p in z.children()
+    ]
 
 
 def test_gunicorn_forked_workers(
@@ -404,9 +409,10 @@ def test_gunicorn_preload_no_worker_uses_the_masters_spare(
     the heads to that inherited spare. A spare serves one file and exits, and the master loads
     nothing after the fork, so the master's spare -- started before any worker was forked --
     still waiting when every worker has loaded both heads is what proves that no worker used
-    it. (With spare.py's fork guards removed -- the at-fork reset, the owner check, and the
-    liveness poll, which fails in a process that is not the spare's parent -- a worker hands
-    its first head to that spare and this test fails: no spare is left in the master.)"""
+    it. (With spare.py's fork guards removed -- the at-fork reset, the owner checks, and the
+    zygote's liveness poll, which fails in a process that is not the zygote's parent -- a
+    worker hands its first head to that spare and this test fails: no spare is left in the
+    master.) The master's spare is a fork of its zygote."""
     site = Site(tmp_path / "site", model, canary, WORKERS)
     port = free_port()
     cmd = gunicorn(site, port, "--preload")

@@ -1,11 +1,12 @@
 """The parent side of a sandboxed parse: spawn, hand over descriptors, bound everything.
 
-One fresh child per file, spawned (never forked from the app: torch and tokenizers run
-threads). It gets an empty environment, ``/`` as working directory, its own session (so the
-whole group can be killed), and exactly two inherited descriptors: its own read-only open of
-the checkpoint and a memfd that the parent sized and sealed against growing. The parent
-reads a bounded amount of stdout (the JSON description) and stderr, under a wall-clock
-deadline, and always reaps the child.
+One fresh child per file, never forked from the app (torch and tokenizers run threads):
+forked by the zygote, a single-threaded fork server started like a worker (see
+:mod:`.spare`), or spawned when there is none. It gets an empty environment, ``/`` as
+working directory, its own session (so the whole group can be killed), and exactly two
+descriptors from the parent: its own read-only open of the checkpoint and a memfd that the
+parent sized and sealed against growing. The parent reads a bounded amount of stdout (the
+JSON description) and stderr, under a wall-clock deadline, and always reaps the child.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from ..errors import (
 )
 from . import memfds, spare
 from . import protocol as p
+from .zygote import Worker, WorkerLost
+
+# A worker: spawned (Popen), or forked by the zygote (the part of Popen's interface used here).
+Child = subprocess.Popen[bytes] | Worker
 
 STDERR_CAP = 64 * 1024
 MIB = 1 << 20
@@ -172,16 +177,15 @@ def _spawn(
     out_cap: int,
     name: str,
 ) -> tuple[bytes, bytes, int]:
-    ready = spare.take() if program and limits.spare else None
+    proc: Child | None = None
     if program and limits.spare:
-        # The replacement starts now, while this child parses: the next load (a scan's next
-        # file) finds it ready instead of waiting for an interpreter to start.
-        spare.refill()
-    if ready is not None and ready.hand_over(argv, (child_fd, memfd)):
-        proc, program = ready.proc, b""  # its filter program is already in its stdin
+        # A worker forked by the zygote, ready or on demand; the filter program is already
+        # in its memory. The next one is forked once this load has its answer (_run), not
+        # while it parses: measured, a fork then competes with the parse for the CPU.
+        proc = spare.hand_over(argv, (child_fd, memfd))
+    if proc is not None:
+        program = b""
     else:
-        if ready is not None:
-            spare.discard(ready)
         proc = spare.popen(argv, (child_fd, memfd))
     try:
         deadline = limits.deadline or time.monotonic() + limits.timeout
@@ -191,26 +195,31 @@ def _spawn(
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-        proc.wait()
+        if isinstance(proc, Worker):
+            proc.release()
+        else:
+            proc.wait()
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def _kill_group(proc: Child) -> None:
+    if isinstance(proc, Worker):
+        proc.kill()  # through its pidfd; it cannot fork, so it is its whole group
+    elif proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _communicate(
-    proc: subprocess.Popen[bytes],
+    proc: Child,
     program: bytes,
     deadline: float,
     timeout: float,
     out_cap: int,
     name: str,
 ) -> tuple[bytes, bytes, int]:
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None and proc.stderr is not None
     try:
-        if not proc.stdin.closed:
+        if proc.stdin is not None and not proc.stdin.closed:
             proc.stdin.write(program)
             proc.stdin.close()
     except BrokenPipeError:
@@ -246,6 +255,10 @@ def _communicate(
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise SandboxTimeoutError(name, timeout) from None
+    except WorkerLost:
+        raise SandboxCrashedError(
+            name, "the sandbox worker's exit status was lost (its zygote exited)"
+        ) from None
     return (b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), status)
 
 

@@ -54,7 +54,9 @@ CONFIG_STRS = (
     "probe",  # tests and doctor: a forbidden operation to attempt after confinement
 )
 PROBES = ("open", "socket", "fork", "execve", "write_ckpt", "exec_memory")
-SPARE_ARG = "spare=1"  # a spare worker: wait on the socket ``sock=N`` for the config
+# The zygote (a fork server of workers): its control socket is ``sock=N``; a worker it forks
+# waits on its own socket for the config lines and the two descriptors.
+ZYGOTE_ARG = "zygote=1"
 
 # Error kinds of a failed parse.
 ERR_UNSAFE_GLOBAL = "unsafe_global"  # + "module", "name": outside the allowlist

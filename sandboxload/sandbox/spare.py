@@ -1,24 +1,31 @@
-"""A worker started before it is needed, so interpreter start-up is off the load's path.
+"""A worker ready before it is needed, forked by this process's zygote.
 
-The spare has imported everything and waits on a socket for one request: the config and the
-two descriptors (checkpoint, memfd), sent with SCM_RIGHTS. Only then does it set its limits,
-install the filter and read the checkpoint, exactly as a freshly spawned worker would. It
-serves one file and exits; a replacement is started in the background. A spare inherited
-through ``fork`` is never used (it belongs to the parent). If the parent dies, the socket
-closes and the spare exits.
+Interpreter start-up and imports cost a fresh worker ~20 ms of CPU, so the first sandboxed
+load starts a zygote (:mod:`.zygote`, a fork server that has imported everything once) in
+the background, and from then on every worker is a fork of it: one is kept ready, waiting
+on a socket for its request (the config and the two descriptors, sent with SCM_RIGHTS);
+a load hands it over at once and forks the replacement while it parses. With no spare
+ready (loads on several threads), a load forks one on demand. Only after its request does
+a worker set its limits, install the filter and read the checkpoint, exactly as a spawned
+worker does; it serves one file and exits.
+
+A zygote or spare inherited through ``fork`` is never used (they belong to the parent).
+If the parent dies, the zygote's control socket and the spare's socket close and both
+exit. If the zygote is gone or a request to it fails, a load spawns a worker as without
+one (:func:`popen`), and a new zygote starts in the background.
 """
 
 from __future__ import annotations
 
-import array
 import os
 import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 
-from .protocol import SPARE_ARG
+from . import zygote
+from .protocol import ZYGOTE_ARG
+from .zygote import Worker
 
 # The directory holding the sandboxload package, appended (after the standard library) to the
 # isolated child's path, which then imports only the child package and the contract.
@@ -27,6 +34,7 @@ BOOT = (
     f"import sys; sys.path.append({PACKAGE_ROOT!r}); "
     "from sandboxload.sandbox.child import worker; worker.main()"
 )
+ZYGOTE_BOOT = BOOT.replace("import worker; worker.main()", "import zygote; zygote.main()")
 
 
 def popen(argv: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
@@ -43,68 +51,73 @@ def popen(argv: list[str], pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]
     )
 
 
-@dataclass
-class Spare:
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket
-    owner: int  # pid that started it
-
-    def hand_over(self, config: list[str], fds: tuple[int, int]) -> bool:
-        """Send the request; False if the spare is gone (the caller then spawns afresh)."""
-        try:
-            self.sock.sendmsg(
-                ["\n".join(config).encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-            )
-            return True
-        except OSError:
-            return False
-        finally:
-            self.sock.close()
+def _start_zygote(program: bytes) -> zygote.Zygote:
+    """Started as a worker is (same interpreter flags, env, cwd, session); stdout and stderr
+    go nowhere (it never prints; its workers get pipes of their own)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-S",
+                "-B",
+                "-c",
+                ZYGOTE_BOOT,
+                ZYGOTE_ARG,
+                f"sock={theirs.fileno()}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env={},
+            cwd="/",
+            start_new_session=True,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return zygote.start(proc, ours, program)
 
 
 _lock = threading.Lock()
-_spare: Spare | None = None
+_zygote: zygote.Zygote | None = None
+_spare: Worker | None = None
 _program: bytes | None = None
-_filling = False  # a replacement is being started: loads on other threads start none
+_filling = False  # a spare is being forked or the zygote started: loads on other threads wait not
 _threads: list[threading.Thread] = []
 _starting = threading.Lock()  # guards _threads: a thread is started and listed together
 
 
 def _after_fork_in_child() -> None:
-    """A forked child starts with no spare and a fresh lock (the parent's may have been held
-    by another thread at fork time); its copies of the parent spare's descriptors are closed,
-    which leaves the parent's spare untouched."""
-    global _filling, _lock, _spare, _starting
+    """A forked child starts with no zygote, no spare and fresh locks (the parent's may have
+    been held by another thread at fork time); its copies of their descriptors are closed,
+    which leaves the parent's untouched."""
+    global _filling, _lock, _spare, _starting, _zygote
     _filling = False
     _lock = threading.Lock()
     _starting = threading.Lock()
     if _spare is not None:
-        _spare.sock.close()
-        for pipe in (_spare.proc.stdout, _spare.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-    _spare = None
+        _spare.forget()
+    if _zygote is not None:
+        _zygote.ctrl.close()
+    _spare = _zygote = None
     _threads.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _start(program: bytes) -> Spare:
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        proc = popen([SPARE_ARG, f"sock={child.fileno()}"], (child.fileno(),))
-    finally:
-        child.close()
-    assert proc.stdin is not None
-    proc.stdin.write(program)  # the filter program waits in the pipe (far below its buffer)
-    proc.stdin.close()
-    return Spare(proc, parent, os.getpid())
+def _owned_zygote() -> zygote.Zygote | None:
+    z = _zygote
+    return z if z is not None and z.owner == os.getpid() else None
 
 
 def enable(program: bytes) -> None:
-    """Keep one spare ready from now on (the program is the compiled seccomp filter)."""
+    """Keep one worker ready from now on (the program is the compiled seccomp filter)."""
     global _program
     with _lock:
         _program = program
@@ -112,34 +125,57 @@ def enable(program: bytes) -> None:
 
 
 def refill() -> None:
-    """Start a replacement spare in the background, if none is ready."""
-
-    global _filling
+    """Fork a replacement spare if none is ready; start the zygote first (in the background)
+    if there is none, or it is gone."""
+    global _filling, _zygote
     with _lock:
-        # Loads on several threads (``scan --jobs``) each ask for a refill: one starts.
-        if _filling or _program is None or (_spare is not None and _spare.owner == os.getpid()):
+        if _filling or _program is None or _owned_spare() is not None:
             return
-        _filling, program = True, _program
-
-    def fill() -> None:
-        global _filling, _spare
-        spare = None
+        _filling, program, current = True, _program, _owned_zygote()
+        if current is not None and not current.alive():
+            _zygote = None
+    if current is not None and current.alive():
+        worker = None
         try:
-            spare = _start(program)
+            worker = current.fork()  # a fork request: about a millisecond, while a load parses
         finally:
+            _fill(worker)
+        return
+    if current is not None:
+        current.stop()
+
+    def start() -> None:
+        global _zygote
+        worker = None
+        try:
+            started = _start_zygote(program)
             with _lock:
-                _filling = False
-                if spare is not None and (_spare is None or _spare.owner != os.getpid()):
-                    _spare, spare = spare, None
-        if spare is not None:
-            discard(spare)
+                _zygote = started
+            worker = started.fork()
+        except OSError:
+            pass  # out of descriptors or processes: loads spawn, the next one tries again
+        finally:
+            _fill(worker)
 
     try:
-        _background(fill)
+        _background(start)
     except BaseException:
-        with _lock:
-            _filling = False
+        _fill(None)
         raise
+
+
+def _owned_spare() -> Worker | None:
+    return _spare if _spare is not None and _spare.owner == os.getpid() else None
+
+
+def _fill(worker: Worker | None) -> None:
+    global _filling, _spare
+    with _lock:
+        _filling = False
+        if worker is not None and _spare is None:
+            _spare, worker = worker, None
+    if worker is not None:
+        discard(worker)
 
 
 def _background(fn: object) -> None:
@@ -150,37 +186,60 @@ def _background(fn: object) -> None:
 def _track(thread: threading.Thread) -> None:
     """Start ``thread`` and list it, as one step: ``settle`` never sees it unstarted."""
     with _starting:
-        # Finished ones go: a long scan starts a refill per file and must not keep them all.
+        # Finished ones go: a long scan refills per file and must not keep them all.
         _threads[:] = [t for t in _threads if t.is_alive()]
         thread.start()
         _threads.append(thread)
 
 
-def take() -> Spare | None:
+def take() -> Worker | None:
     """The ready spare of this process, if any (never one inherited through fork)."""
     global _spare
     with _lock:
-        spare, _spare = _spare, None
-    if spare is None or spare.owner != os.getpid():
+        spare, _spare = _owned_spare(), None
+        current = _owned_zygote()
+    if spare is None:
         return None
-    if spare.proc.poll() is not None:
-        discard(spare)
+    if current is None or not current.alive() or spare.poll() is not None:
+        discard(spare)  # dead, or its zygote is (its status would be lost)
         return None
     return spare
 
 
-def discard(spare: Spare) -> None:
-    spare.sock.close()
-    spare.proc.kill()
-    for pipe in (spare.proc.stdout, spare.proc.stderr):
-        if pipe is not None:
-            pipe.close()
-    spare.proc.wait()
+def hand_over(config: list[str], fds: tuple[int, ...]) -> Worker | None:
+    """Give the request to the ready spare, else to a worker forked now; None if neither
+    could take it (the caller spawns one)."""
+    for get in (take, _fork_now):
+        worker = get()
+        if worker is None:
+            continue
+        if worker.hand_over(config, fds):
+            return worker
+        discard(worker)
+    return None
+
+
+def _fork_now() -> Worker | None:
+    with _lock:
+        current = _owned_zygote()
+    return current.fork() if current is not None else None
+
+
+def discard(worker: Worker) -> None:
+    worker.release()
+
+
+def zygote_pid() -> int | None:
+    """The pid of this process's zygote, if it has one."""
+    with _lock:
+        current = _owned_zygote()
+    return current.pid if current is not None else None
 
 
 def settle() -> tuple[int | None, set[int]]:
     """Wait for pending starts; then the ready spare's pid and the fds this process holds
-    for it (tests count processes and descriptors, and a ready spare is neither leaked)."""
+    for it and for the zygote (tests count processes and descriptors: the zygote and a
+    ready spare are not leaked; :func:`zygote_pid` names the other process)."""
     while True:
         with _starting:
             if not _threads:
@@ -188,11 +247,12 @@ def settle() -> tuple[int | None, set[int]]:
             thread = _threads.pop()
         thread.join()
     with _lock:
-        if _spare is None or _spare.owner != os.getpid():
-            return None, set()
-        held = {_spare.sock.fileno()}
-        held |= {p.fileno() for p in (_spare.proc.stdout, _spare.proc.stderr) if p is not None}
-        return _spare.proc.pid, held
+        current = _owned_zygote()
+        held = {current.ctrl.fileno()} if current is not None else set()
+        spare = _owned_spare()
+        if spare is None:
+            return None, held
+        return spare.pid, held | spare.descriptors()
 
 
 PRESTART_DELAY = 0.25

@@ -104,9 +104,8 @@ def _preload(config: dict) -> None:
         import mmap  # noqa: F401
 
 
-def _wait_for_request(argv: list) -> "list | None":
-    """Spare mode: block until the parent sends the config and the two descriptors."""
-    sock_fd = int(next(a for a in argv if a.startswith("sock=")).partition("=")[2])
+def _wait_for_request(sock_fd: int) -> "list | None":
+    """Block until the parent sends the config and the two descriptors on ``sock_fd``."""
     sock = _socket.socket(fileno=sock_fd)
     msg, anc, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_LEN(8))
     sock.close()
@@ -123,18 +122,26 @@ def _wait_for_request(argv: list) -> "list | None":
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    if p.SPARE_ARG in argv:
-        request = _wait_for_request(argv)
-        if request is None:
-            return
-        argv = request
+    """A spawned worker: the config in ``argv``, the filter program on stdin."""
+    run(sys.argv[1:], None)
+
+
+def serve(sock_fd: int, program: bytes) -> None:
+    """A worker forked by the zygote (:mod:`.zygote`): wait for the request on ``sock_fd``,
+    then run it with the filter program the zygote read once (inherited in memory)."""
+    request = _wait_for_request(sock_fd)
+    if request is not None:
+        run(request, program)
+
+
+def run(argv: list, program: "bytes | None") -> None:
     config = parse_config(argv)
     confine.arrange_fds(config["ckpt_fd"], config["memfd"])
     confine.set_limits(config["memory_bytes"], config["cpu_seconds"], config["memfd_capacity"])
     allowlist.admit_extra(config["extra_globals"])
     _preload(config)
-    program = sys.stdin.buffer.read()
+    if program is None:
+        program = sys.stdin.buffer.read()
     if config["seccomp"]:
         try:
             confine.install_filter(program)
