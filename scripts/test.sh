@@ -19,7 +19,8 @@ AGAIN=(tests/test_hf.py tests/test_remote_code.py tests/test_special_files.py
   tests/test_pin_origins.py tests/test_load.py tests/test_infinity.py
   tests/test_allowlist_parity.py tests/test_special_tensors.py tests/test_sandbox_parity.py tests/test_convert.py tests/test_convert_dcp.py
   tests/test_numpy_pickles.py tests/test_dcp.py tests/test_trainer_resume.py
-  tests/test_infinity_kinds.py tests/test_workers.py tests/test_family.py)
+  tests/test_infinity_kinds.py tests/test_workers.py tests/test_family.py tests/test_zygote.py
+  tests/test_hidden_pickles.py tests/test_convert_layout.py)
 ALL=()
 if [ -n "${SANDBOXLOAD_TEST_ONLY:-}" ]; then
   AGAIN=("$SANDBOXLOAD_TEST_ONLY")
