@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -49,6 +50,19 @@ def open_regular(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# A file changed less than this long ago may change again within the same tick of the
+# file system's clock (the kernel stamps times from a coarse clock, some file systems to the
+# second), keeping the same identity: what is known of it is not kept (git's "racy clean").
+SETTLE_NS = 2_000_000_000
+
+
+def settled(key: FileId) -> bool:
+    """Whether a file of identity ``key`` was last changed long enough ago that any further
+    change will show in its identity (``ctime``: a write, and any ``utime`` after one, sets it
+    to now)."""
+    return time.time_ns() - key[4] > SETTLE_NS
 
 
 def identity(fd: int) -> FileId | None:

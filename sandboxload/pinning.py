@@ -5,7 +5,8 @@ relative to the manifest, each listed once, each name one line of UTF-8 text (pi
 other name; a manifest listing a path twice is refused). The digest is computed from the very
 descriptor that is then loaded (no window to swap the file between check and use), and kept per
 file identity (device, inode, size, mtime, ctime), so a server that reloads an unchanged file
-does not hash it again. A file inside a Hugging Face cache is checked against its own blob
+does not hash it again -- once the file has not changed for two seconds (a rewrite within the
+same tick of the file system's clock keeps the identity; :func:`fileid.settled`). A file inside a Hugging Face cache is checked against its own blob
 name, manifest or not: ``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the
 git blob id of a file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import HashMismatchError, PolicyError, UnknownOriginError, UnpinnedFileError
-from .fileid import LRU, identity, open_regular
+from .fileid import LRU, identity, open_regular, settled
 from .modelfolder import resolved_dir
 from .wording import shown
 
@@ -116,7 +117,7 @@ def digest_fd(fd: int, progress: Progress | None = None) -> str:
         if progress is not None:
             progress(n)
     digest = h.hexdigest()
-    if key is not None:
+    if key is not None and settled(key):
         _digests.put(key, digest)
     return digest
 

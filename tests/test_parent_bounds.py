@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sandboxload import fileid
 from sandboxload.errors import CorruptCheckpointError, SandboxTimeoutError
 from sandboxload.sandbox import load as sandbox_load
 from sandboxload.sandbox.budget import MAX_COLLISIONS, MAX_KEY_HEIGHT
@@ -180,9 +181,12 @@ def test_transient_memory_is_a_bounded_multiple_of_the_file_size(tmp_path: Path,
     assert got["after"] - got["cache"] < 1 << 20  # only the kept JSON (bounded) remains
 
 
-def test_the_kept_descriptions_are_bounded_by_bytes(tmp_path: Path) -> None:
+def test_the_kept_descriptions_are_bounded_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only descriptions of files are kept (a stream's memfd is new every time), and the
     total kept is bounded by bytes, whatever the number of files."""
+    monkeypatch.setattr(fileid, "SETTLE_NS", 0)  # files just written count as settled
     kept = sandbox_load._kept
     kept.clear()
     path = tmp_path / "w.pt"
@@ -290,7 +294,8 @@ def test_an_expanded_device_tensor_is_bounded_by_the_file(tmp_path: Path) -> Non
         torch.load(checkpoint(1 << 28))
 
 
-def test_only_validated_fields_are_kept(tmp_path: Path) -> None:
+def test_only_validated_fields_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fileid, "SETTLE_NS", 0)  # a file just written counts as settled
     kept = sandbox_load._kept
     kept.clear()
     path = tmp_path / "w.pt"

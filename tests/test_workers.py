@@ -140,15 +140,23 @@ def answer_from_each_worker(server: Server, barrier: Path, workers: int) -> list
     """One ``/answer`` from each of ``workers`` workers: each request is sent once the previous
     one's worker holds its loop (its pid is in ``barrier``), so another worker accepts it."""
     results: list[dict[str, Any]] = [{} for _ in range(workers)]
+    failed: list[BaseException] = []
 
     def ask(i: int) -> None:
-        results[i] = get(server.port, "/answer")
+        try:
+            results[i] = get(server.port, "/answer")
+        except BaseException as exc:  # reported by the waiting test, not lost in the thread
+            failed.append(exc)
+
+    def answered(i: int) -> bool:
+        assert not failed, f"/answer {i + 1} failed: {failed[0]!r}\n{server.output()[-4000:]}"
+        return len(os.listdir(barrier)) > i
 
     threads = []
     for i in range(workers):
         threads.append(threading.Thread(target=ask, args=(i,), daemon=True))
         threads[-1].start()
-        wait_for(f"answer {i + 1}", lambda i=i: len(os.listdir(barrier)) > i, server)
+        wait_for(f"answer {i + 1}", lambda i=i: answered(i), server)
     for thread in threads:
         thread.join(180)
         assert not thread.is_alive(), "an /answer did not return"

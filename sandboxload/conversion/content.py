@@ -40,6 +40,9 @@ def pickle_in(fd: int) -> str | None:
             why = numpyobjects.why(f)
             if why is not None:
                 return why
+        f.seek(0)
+        if fmt == formats.PICKLE and f.read(1) == b"\x80":
+            return "it is a binary pickle"  # even of plain values: the output holds none
         # Whatever else it is too: a safetensors file can be a pickle as well (its header
         # length's first byte an opcode), and torch.load of it would run the pickle.
         return pickleprobe.pickled_file(f, os.fstat(fd).st_size)

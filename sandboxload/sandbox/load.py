@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import CorruptCheckpointError
-from ..fileid import LRU, FileId
+from ..fileid import LRU, FileId, settled
 from ..policy import Policy, allowed_globals
 from . import client
 from .owned import OwnedCopy
@@ -143,6 +143,7 @@ def load(
         return result
     if (
         key is not None
+        and settled(key[0])
         and len(parsed.answer) <= KEPT_ENTRY_BYTES
         and _self_contained(parsed.description)
     ):
