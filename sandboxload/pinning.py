@@ -6,9 +6,10 @@ other name; a manifest listing a path twice is refused). The digest is computed 
 descriptor that is then loaded (no window to swap the file between check and use), and kept per
 file identity (device, inode, size, mtime, ctime), so a server that reloads an unchanged file
 does not hash it again -- once the file has not changed for two seconds (a rewrite within the
-same tick of the file system's clock keeps the identity; :func:`fileid.settled`). A file inside a Hugging Face cache is checked against its own blob
-name, manifest or not: ``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the
-git blob id of a file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
+same tick of the file system's clock keeps the identity; :func:`fileid.settled`). A file
+inside a Hugging Face cache is checked against its own blob name, manifest or not:
+``blobs/<64 hex>`` is the SHA-256 of an LFS file, ``blobs/<40 hex>`` the git blob id of a
+file stored in git (SHA-1 of ``b"blob <size>\\0"`` and the content).
 
 A pin is a statement about a path: bytes are checked against the entry of the file they were
 read from (see :mod:`origins`), never against "any digest in the manifest".
