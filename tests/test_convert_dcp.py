@@ -5,25 +5,16 @@ or in a record are refused and never run (each proven live without sandboxload f
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import safetensors
 import torch
-import torch.distributed.checkpoint as dcp
 
 from . import test_dcp
-from .attacks import payload
 from .helpers import clean_env, json_without_sandboxload, run_cli
 from .test_convert import TIED, _tiny, files, partials
-
-
-def save(folder: Path, sd: dict[str, Any]) -> Path:
-    with warnings.catch_warnings():  # "torch.distributed is disabled": one process, intended
-        warnings.simplefilter("ignore")
-        dcp.save(sd, checkpoint_id=str(folder))
-    return folder
+from .test_dcp import save
 
 
 def convert(*args: str | Path, env: dict[str, str] | None = None) -> Any:
@@ -118,14 +109,8 @@ def test_payloads_are_refused_and_never_run(tmp_path: Path) -> None:
     record for a non-tensor value: each live through ``dcp_to_torch_save`` without
     sandboxload, each refused by convert with nothing written."""
     honest = save(tmp_path / "honest", {"w": torch.ones(3, 4), "step": 1})
-    cases: dict[str, tuple[Path, Path]] = {}
-    for i, technique in enumerate(["os.system", "builtins.exec", "memo indirection"]):
-        folder = tmp_path / f"evil{i}"
-        folder.mkdir()
-        (folder / "__0_0.distcp").write_bytes((honest / "__0_0.distcp").read_bytes())
-        canary = tmp_path / f"canary{i}"
-        (folder / ".metadata").write_bytes(payload(technique, canary))
-        cases[technique] = (folder, canary)
+    techniques = ["os.system", "builtins.exec", "memo indirection"]
+    cases = test_dcp.payload_folders(tmp_path, honest, techniques)
     record = save(tmp_path / "record", {"w": torch.ones(3, 4), "step": 1})
     test_dcp.byte_record_payload(record, tmp_path / "canary-record")
     cases["record"] = (record, tmp_path / "canary-record")

@@ -157,10 +157,12 @@ def test_dcp_to_torch_save_converts_unchanged(tmp_path: Path, audit_log: Path) -
 # --- attacks -----------------------------------------------------------------------------
 
 
-def payload_folders(tmp_path: Path, honest: Path) -> dict[str, tuple[Path, Path]]:
+def payload_folders(
+    tmp_path: Path, honest: Path, techniques: list[str] = PICKLE_TECHNIQUES
+) -> dict[str, tuple[Path, Path]]:
     """One checkpoint folder per technique: honest data, a payload ``.metadata``."""
     out = {}
-    for i, technique in enumerate(PICKLE_TECHNIQUES):
+    for i, technique in enumerate(techniques):
         folder = tmp_path / f"evil{i}"
         folder.mkdir()
         (folder / "__0_0.distcp").write_bytes((honest / "__0_0.distcp").read_bytes())
