@@ -387,11 +387,13 @@ def test_spare_exits_with_its_parent(tmp_path: Path) -> None:
     assert not psutil.pid_exists(spare_pid) or psutil.Process(spare_pid).status() == "zombie"
 
 
-def test_unchanged_file_is_described_once(tmp_path: Path) -> None:
+def test_unchanged_file_is_described_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """transformers loads a checkpoint on meta, then for real: one parse serves both, and a
     changed file is parsed again."""
+    from sandboxload import fileid
     from sandboxload.sandbox import spare
 
+    monkeypatch.setattr(fileid, "SETTLE_NS", 0)  # a file just written counts as settled
     path = small(tmp_path)
     assert torch.load(path, map_location="meta")["w"].device.type == "meta"
     ready, _ = spare.settle()

@@ -4,6 +4,8 @@ it dies with its parent and is never used by a forked child. Real processes thro
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import stat
@@ -242,3 +244,70 @@ def test_a_forked_child_uses_its_own_zygote(tmp_path: Path) -> None:
     assert spare.settle()[0] == mine and not gone(mine)  # the parent's spare was not used
     assert spare.zygote_pid() == zygote
     assert [p.pid for p in psutil.Process(zygote).children()] == [mine]
+
+
+DROP = """
+import os, shutil, sys, tempfile, time, torch, psutil, sandboxload
+from sandboxload.sandbox import spare
+sandboxload.activate()
+folder = tempfile.mkdtemp()  # one the dropped user can read
+os.chmod(folder, 0o755)
+path = os.path.join(folder, "w.pt")
+torch.save({"w": torch.ones(2)}, path)
+os.chmod(path, 0o644)
+torch.load(path)
+spare.settle()
+old = spare.zygote_pid()
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)  # the app drops privileges after its first load, as servers do
+try:
+    print("loaded", float(torch.load(path)["w"][0]))
+except sandboxload.SandboxLoadError as exc:
+    print("refused", type(exc).__name__)
+spare.settle()
+deadline = time.monotonic() + 60
+while psutil.pid_exists(old) and psutil.Process(old).status() != psutil.STATUS_ZOMBIE:
+    assert time.monotonic() < deadline, "the old zygote is still running"
+    time.sleep(0.02)
+uids = {p.uids().real for p in psutil.Process().children(recursive=True)}
+print(sorted(uids))
+"""  # its folder is removed by the test (the dropped user cannot)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_a_zygote_started_before_a_privilege_drop_is_not_used(tmp_path: Path) -> None:
+    """An app that drops privileges after the zygote started must not have its loads parsed
+    by root workers (found by a review of the zygote): the zygote started with other
+    credentials is stopped, and whatever parses next has the app's new ones -- or, where
+    the app's new user cannot start a worker at all, the load is refused, typed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DROP],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, children = proc.stdout.splitlines()
+    assert first in ("loaded 1.0", "refused SandboxCrashedError"), first
+    assert 0 not in json.loads(children), children  # no root process of ours is left
+
+
+def test_a_stopped_zygote_costs_a_load_at_most_its_grace(tmp_path: Path, no_leaks: None) -> None:
+    """A zygote stopped (SIGSTOP) reports no status: the load whose spare it forked ends
+    soon after that worker exits (a typed error), and the next load spawns."""
+    zygote, _ = ready(tmp_path)
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        other = tmp_path / "other.pt"
+        torch.save({"w": torch.arange(4.0)}, other)
+        started = time.monotonic()
+        with pytest.raises(SandboxCrashedError, match="zygote"):
+            torch.load(other)
+        assert time.monotonic() - started < policy.current().timeout
+        assert torch.equal(torch.load(other)["w"], torch.arange(4.0))  # spawned
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # replaced meanwhile: killed
+            os.kill(zygote, signal.SIGCONT)
+    assert wait_until(lambda: spare.zygote_pid() not in (None, zygote))

@@ -191,7 +191,14 @@ def _spawn(
         deadline = limits.deadline or time.monotonic() + limits.timeout
         return _communicate(proc, program, deadline, limits.timeout, out_cap, name)
     finally:
+        _end(proc)
+
+
+def _end(proc: Child) -> None:
+    """Kill the worker if it still runs, close its pipes, reap it: all of it, whatever fails."""
+    try:
         _kill_group(proc)
+    finally:
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -132,9 +132,9 @@ def refill() -> None:
         if _filling or _program is None or _owned_spare() is not None:
             return
         _filling, program, current = True, _program, _owned_zygote()
-        if current is not None and not current.alive():
-            _zygote = None
-    if current is not None and current.alive():
+        if current is not None and not current.serves_now():
+            _zygote = None  # gone, stopped, or started with other privileges than ours now
+    if current is not None and current.serves_now():
         worker = None
         try:
             worker = current.fork()  # a fork request: about a millisecond, while a load parses
@@ -200,8 +200,8 @@ def take() -> Worker | None:
         current = _owned_zygote()
     if spare is None:
         return None
-    if current is None or not current.alive() or spare.poll() is not None:
-        discard(spare)  # dead, or its zygote is (its status would be lost)
+    if current is None or not current.serves_now() or spare.poll() is not None:
+        discard(spare)  # dead, or its zygote is (its status would be lost), or stale
         return None
     return spare
 

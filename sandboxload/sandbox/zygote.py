@@ -24,8 +24,33 @@ import threading
 import time
 from typing import IO
 
-REQUEST_TIMEOUT = 5.0  # seconds a fork request may take before the zygote counts as broken
+REQUEST_TIMEOUT = 2.0  # seconds a fork request may take before the zygote counts as broken
+STATUS_GRACE = 0.5  # seconds a status may trail its worker's exit before the zygote counts as gone
 _INT = 4
+_STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+
+
+def context() -> tuple[object, ...]:
+    """What a worker inherits from whoever started its zygote and must still be this
+    process's: users and groups, capabilities, seccomp and no-new-privs, the root directory
+    and the cgroup. An app that drops privileges (or chroots, or confines itself) after the
+    zygote started must not have its loads parsed with what it had before."""
+    fields: list[str] = []
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            fields = [line.strip() for line in f if line.startswith(_STATUS_FIELDS)]
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            fields.append(f.read())
+    except OSError:
+        fields.append("unknown")
+    root = os.stat("/")
+    return (
+        os.getresuid(),
+        os.getresgid(),
+        tuple(sorted(os.getgroups())),
+        (root.st_dev, root.st_ino),
+        tuple(fields),
+    )
 
 
 class WorkerLost(RuntimeError):
@@ -53,8 +78,16 @@ class Worker:
     stdin: IO[bytes] | None = None
 
     def __init__(
-        self, pid: int, pidfd: int, sock: socket.socket, stdout: int, stderr: int, status: int
+        self,
+        pid: int,
+        pidfd: int,
+        sock: socket.socket,
+        stdout: int,
+        stderr: int,
+        status: int,
+        zygote: Zygote | None = None,
     ) -> None:
+        self.zygote = zygote  # told when its status does not come (stopped, or gone)
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
@@ -75,7 +108,9 @@ class Worker:
     def kill(self) -> None:
         """SIGKILL through the pidfd: a reaped worker's pid may be reused, its pidfd never."""
         if self.pidfd >= 0 and self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+            # PermissionError: a spare forked before this process dropped privileges (never
+            # handed a request since: spare.take refuses it); its socket's EOF ends it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def poll(self) -> int | None:
@@ -84,39 +119,66 @@ class Worker:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        """The exit status, as ``Popen.returncode`` gives it (``-N``: killed by signal N)."""
+        """The exit status, as ``Popen.returncode`` gives it (``-N``: killed by signal N).
+        The zygote writes it when it reaps the worker; a worker gone for longer than
+        :data:`STATUS_GRACE` without one means the zygote is stopped or gone."""
         if self.returncode is not None:
             return self.returncode
         if self.status_fd < 0:
             raise WorkerLost("the worker's status was lost")
         end = None if timeout is None else time.monotonic() + timeout
-        ready, _, _ = select.select([self.status_fd], [], [], timeout)
-        if not ready:
-            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        gone_at: float | None = None
+        while True:
+            now = time.monotonic()
+            left = None if end is None else max(0.0, end - now)
+            if gone_at is not None:
+                grace = gone_at + STATUS_GRACE - now
+                left = grace if left is None else min(left, grace)
+            watched = [self.status_fd] + ([self.pidfd] if gone_at is None else [])
+            ready, _, _ = select.select(watched, [], [], left)
+            if self.status_fd in ready:
+                return self._status()
+            if self.pidfd in ready:
+                gone_at = time.monotonic()  # exited: its status is due now
+                continue
+            if gone_at is not None and time.monotonic() >= gone_at + STATUS_GRACE:
+                if self.zygote is not None:
+                    self.zygote.broken = True
+                raise WorkerLost("the sandbox worker's zygote did not report its status")
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+
+    def _status(self) -> int:
         data = os.read(self.status_fd, _INT)
-        os.close(self.status_fd)
-        self.status_fd = -1
-        if len(data) == _INT:
-            status = int.from_bytes(data, sys.byteorder, signed=True)
-            self.returncode = os.waitstatus_to_exitcode(status)
-            self._close_pidfd()
-            return self.returncode
-        # The zygote is gone: no status will come. Wait until the worker is gone too.
-        left = None if end is None else max(0.0, end - time.monotonic())
-        if not select.select([self.pidfd], [], [], left)[0]:
-            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-        raise WorkerLost("the sandbox worker's zygote exited before reporting its status")
+        self._close_status()
+        if len(data) != _INT:  # the zygote is gone: no status will come
+            if self.zygote is not None:
+                self.zygote.broken = True
+            raise WorkerLost("the sandbox worker's zygote exited before reporting its status")
+        status = int.from_bytes(data, sys.byteorder, signed=True)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._close_pidfd()
+        return self.returncode
+
+    def _close_status(self) -> None:
+        if self.status_fd >= 0:
+            os.close(self.status_fd)
+            self.status_fd = -1
 
     def release(self) -> None:
-        """Kill it if it still runs, wait until it is gone, close everything held for it."""
-        self.kill()
-        # Reaped by the zygote once it reports; a stopped zygote must not hang the load.
-        with contextlib.suppress(WorkerLost, subprocess.TimeoutExpired):
-            self.wait(REQUEST_TIMEOUT)
-        self.sock.close()
-        for pipe in (self.stdout, self.stderr):
-            pipe.close()
-        self._close_pidfd()
+        """Kill it if it still runs, wait until it is gone, close everything held for it --
+        on every path (a kill refused, a stopped zygote)."""
+        try:
+            self.kill()
+            # Reaped by the zygote once it reports; a stopped zygote must not hang the load.
+            with contextlib.suppress(WorkerLost, subprocess.TimeoutExpired):
+                self.wait(REQUEST_TIMEOUT)
+        finally:
+            self.sock.close()
+            for pipe in (self.stdout, self.stderr):
+                pipe.close()
+            self._close_status()
+            self._close_pidfd()
 
     def _close_pidfd(self) -> None:
         if self.pidfd >= 0:
@@ -141,6 +203,7 @@ class Zygote:
         self.proc = proc
         self.ctrl = ctrl
         self.owner = os.getpid()
+        self.context = context()  # what its workers inherit (they must match this process)
         self.broken = False
         self._lock = threading.Lock()  # one request and its reply at a time
 
@@ -151,10 +214,15 @@ class Zygote:
     def alive(self) -> bool:
         return not self.broken and self.proc.poll() is None
 
+    def serves_now(self) -> bool:
+        """Whether this process may use it now: its own, alive, and started with the
+        privileges and confinement this process has now."""
+        return self.owner == os.getpid() and self.alive() and self.context == context()
+
     def fork(self) -> Worker | None:
         """A new worker waiting for its request, or None (zygote gone, or out of resources:
         the caller spawns instead)."""
-        if self.owner != os.getpid() or not self.alive():
+        if not self.serves_now():
             return None
         created: list[int] = []
         ours = theirs = None
@@ -183,7 +251,7 @@ class Zygote:
             if pidfd >= 0:
                 os.close(pidfd)
             return None
-        return Worker(pid, pidfd, ours, out_r, err_r, status_r)
+        return Worker(pid, pidfd, ours, out_r, err_r, status_r, self)
 
     def _request(self, fds: tuple[int, ...]) -> tuple[int, int]:
         with self._lock:
@@ -216,10 +284,14 @@ class Zygote:
         return pid, received[0]
 
     def stop(self) -> None:
-        """Close the control socket (the zygote exits on EOF) and reap it."""
+        """Close the control socket (the zygote exits on EOF) and reap it; one this process
+        may no longer signal (it dropped privileges) or that is stopped is left to exit on
+        that EOF (subprocess reaps it later)."""
         self.ctrl.close()
-        self.proc.kill()
-        self.proc.wait()
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(REQUEST_TIMEOUT)
 
 
 def start(proc: subprocess.Popen[bytes], ctrl: socket.socket, program: bytes) -> Zygote:
