@@ -354,8 +354,12 @@ def test_parses_on_several_threads_share_the_spare_safely(
             assert row.detail.startswith(want), row
     pid, _fds = spare.settle()
     zygote = spare.zygote_pid()
-    workers = [p for p in psutil.Process().children(recursive=True) if p.pid != zygote]
+    # Workers are the zygote's children (other tests may leave helpers of their own in this
+    # process, such as multiprocessing's resource tracker): only the ready spare is left.
+    workers = psutil.Process(zygote).children() if zygote else []
     assert [p.pid for p in workers] == ([pid] if pid else [])
+    spawned = [p for p in psutil.Process().children() if "worker.main()" in " ".join(p.cmdline())]
+    assert not spawned  # nor any worker spawned without the zygote
 
 
 def test_a_linked_directory_is_not_passed_silently(tmp_path: Path) -> None:
